@@ -1,0 +1,45 @@
+# The two commands a new user needs: `make demo` and `make test`. Everything else is optional.
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+export DAGSTER_HOME ?= $(CURDIR)/data/dagster_home
+export HF_HUB_OFFLINE := 1
+export TRANSFORMERS_OFFLINE := 1
+export TOKENIZERS_PARALLELISM := false
+
+.PHONY: venv demo test ui bench evaluate clean help
+
+help:
+	@echo "make demo   - create the venv, run the whole pipeline on the embedded data, print a summary"
+	@echo "make test   - create/update the venv and run the test suite"
+	@echo "make ui     - Dagster UI on http://127.0.0.1:3000"
+	@echo "make bench  - benchmarks -> bench/results/*.json"
+
+# (Re)install when the pins change. The lock file pins every transitive package; pyproject pins the direct ones.
+$(STAMP): pyproject.toml requirements.lock
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --disable-pip-version-check -c requirements.lock -e .
+	touch $@
+
+venv: $(STAMP)
+
+$(DAGSTER_HOME):
+	mkdir -p $@
+	test -f $@/dagster.yaml || cp orchestration/dagster.yaml $@/dagster.yaml
+
+demo: venv | $(DAGSTER_HOME)
+	$(PY) -m orchestration.demo
+
+test: venv
+	$(PY) -m pytest
+
+ui: venv | $(DAGSTER_HOME)
+	$(VENV)/bin/dagster dev -w workspace.yaml -h 127.0.0.1 -p 3000
+
+bench: venv
+	$(PY) -m bench.run_all
+
+clean:
+	rm -rf data/dagster_home data/cache

@@ -1,0 +1,22 @@
+"""``make bench``: run every benchmark in its own process (separate peak-memory readings)."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+BENCHMARKS = [
+    ["-m", "bench.embeddings"],
+]
+
+
+def main() -> int:
+    failed = 0
+    for args in BENCHMARKS:
+        print(f"== {' '.join(args)}", flush=True)
+        failed += subprocess.call([sys.executable, *args]) != 0
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,31 @@
+"""The Dagster code location: ``dagster dev -m orchestration.definitions`` (or ``workspace.yaml``)."""
+
+from __future__ import annotations
+
+from dagster import Definitions, load_asset_checks_from_modules, load_assets_from_modules
+
+import assets.checks
+import assets.embeddings
+import assets.raw
+
+from .jobs import daily_retraining_job, daily_retraining_schedule, scenario_refresh_job
+from .params import ParamsResource
+from .resources import default_resources
+from .settings import current_settings
+
+ASSET_MODULES = [assets.raw, assets.embeddings]
+CHECK_MODULES = [assets.checks]
+
+
+def build_definitions(resources: dict | None = None) -> Definitions:
+    settings = current_settings()
+    return Definitions(
+        assets=load_assets_from_modules(ASSET_MODULES),
+        asset_checks=load_asset_checks_from_modules(CHECK_MODULES),
+        jobs=[daily_retraining_job, scenario_refresh_job],
+        schedules=[daily_retraining_schedule],
+        resources={**default_resources(settings), "params": ParamsResource(), **(resources or {})},
+    )
+
+
+defs = build_definitions()

@@ -1,0 +1,112 @@
+"""IO manager: every asset value is a file under the data directory, written atomically.
+
+Layout: ``<root>/<asset key path>/<partition or "_">.<ext>`` where the format follows the value's type:
+
+- ``pandas.DataFrame``            -> ``.parquet``
+- ``numpy.ndarray``               -> ``.npy``
+- ``dict`` of numpy arrays        -> ``.npz``   (loaded with ``allow_pickle=False``)
+- other ``dict`` / ``list``       -> ``.json``  (manifests: paths, parameters, metrics)
+
+Values are written to a temporary file and renamed into place, so a crash never leaves a half-written
+artifact and a failed run leaves the previous good file untouched. Nothing is pickled.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+from dagster import ConfigurableIOManager, InputContext, OutputContext
+
+from .settings import resolve_path
+
+_EXTENSIONS = (".parquet", ".npz", ".npy", ".json")
+
+
+def atomic_write(path: Path, write) -> None:
+    """Call ``write(tmp_path)`` then rename onto ``path`` (same directory, so the rename is atomic)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    os.close(fd)
+    try:
+        write(Path(tmp))
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+
+
+def write_value(base: Path, value: Any) -> Path:
+    if isinstance(value, pd.DataFrame):
+        path = base.with_suffix(".parquet")
+        atomic_write(path, lambda p: value.to_parquet(p, index=False))
+    elif isinstance(value, np.ndarray):
+        path = base.with_suffix(".npy")
+        atomic_write(path, lambda p: np.save(open(p, "wb"), value, allow_pickle=False))
+    elif isinstance(value, dict) and value and all(isinstance(v, np.ndarray) for v in value.values()):
+        path = base.with_suffix(".npz")
+        atomic_write(path, lambda p: np.savez(open(p, "wb"), **value))
+    elif isinstance(value, (dict, list)):
+        path = base.with_suffix(".json")
+        atomic_write(path, lambda p: p.write_text(json.dumps(value, indent=2, sort_keys=True, default=str)))
+    else:
+        raise TypeError(f"cannot store a {type(value).__name__}: return a DataFrame, ndarray, dict or list")
+    # Only one format per artifact: drop a stale file of another type left by an older code version.
+    for ext in _EXTENSIONS:
+        other = base.with_suffix(ext)
+        if other != path and other.exists():
+            other.unlink()
+    return path
+
+
+def read_value(base: Path) -> Any:
+    for ext in _EXTENSIONS:
+        path = base.with_suffix(ext)
+        if not path.exists():
+            continue
+        if ext == ".parquet":
+            return pd.read_parquet(path)
+        if ext == ".npy":
+            return np.load(path, allow_pickle=False)
+        if ext == ".npz":
+            with np.load(path, allow_pickle=False) as data:
+                return {k: data[k] for k in data.files}
+        return json.loads(path.read_text())
+    raise FileNotFoundError(f"no stored value at {base}.* — materialize the upstream asset first")
+
+
+class LocalArtifactIOManager(ConfigurableIOManager):
+    """Stores asset values under ``root`` (the git-ignored data directory, or a shared volume in production)."""
+
+    root: str
+
+    def _base(self, asset_path: list[str], partition: str | None) -> Path:
+        base = resolve_path(self.root).joinpath(*asset_path)
+        return base / (partition if partition else "_")
+
+    def handle_output(self, context: OutputContext, obj: Any) -> None:
+        asset_path = list(context.asset_key.path)
+        if not context.has_asset_partitions:
+            path = write_value(self._base(asset_path, None), obj)
+            context.add_output_metadata({"path": str(path), "bytes": path.stat().st_size})
+            return
+        # Partitioned assets return {partition_key: value}, so one run can write a whole range of
+        # partitions (single-run backfills) and a one-partition run looks the same.
+        keys = list(context.asset_partition_keys)
+        if not isinstance(obj, dict) or set(obj) != set(keys):
+            got = sorted(obj) if isinstance(obj, dict) else type(obj).__name__
+            raise TypeError(f"{context.asset_key.to_user_string()}: expected a dict keyed by partitions {keys}, got {got}")
+        paths = [write_value(self._base(asset_path, key), obj[key]) for key in keys]
+        context.add_output_metadata({"paths": [str(p) for p in paths], "bytes": sum(p.stat().st_size for p in paths)})
+
+    def load_input(self, context: InputContext) -> Any:
+        asset_path = list(context.asset_key.path)
+        if context.has_asset_partitions:
+            # Always {partition_key: value}, for partitioned and unpartitioned consumers alike.
+            return {key: read_value(self._base(asset_path, key)) for key in context.asset_partition_keys}
+        return read_value(self._base(asset_path, None))

@@ -1,0 +1,50 @@
+"""Jobs and schedules.
+
+``daily_retraining`` materializes the whole graph (every gate included) in ONE run over every scenario
+partition: the per-scenario assets use single-run backfill policies, so the run covers the full
+partition range and the unified assets downstream run once, after all scenarios.
+"""
+
+from __future__ import annotations
+
+from dagster import AssetSelection, RunRequest, ScheduleEvaluationContext, define_asset_job, schedule
+
+from .partitions import SCENARIOS
+from .settings import current_settings
+
+PARTITION_RANGE_START = "dagster/asset_partition_range_start"
+PARTITION_RANGE_END = "dagster/asset_partition_range_end"
+
+
+def all_scenarios_tags(scenarios: list[str] = SCENARIOS) -> dict[str, str]:
+    """Run tags that make one run cover every scenario partition."""
+    return {PARTITION_RANGE_START: scenarios[0], PARTITION_RANGE_END: scenarios[-1]}
+
+
+daily_retraining_job = define_asset_job(
+    "daily_retraining",
+    selection=AssetSelection.all(),
+    description="Every asset and gate, all scenarios, in one run (the scheduled retraining).",
+)
+
+scenario_refresh_job = define_asset_job(
+    "scenario_refresh",
+    selection=AssetSelection.groups("raw").upstream() - AssetSelection.assets("raw_items", "raw_users"),
+    description="Re-load one scenario's partition (pick it in the launchpad or a backfill).",
+)
+
+_schedule_settings = current_settings().schedule
+
+
+@schedule(
+    job=daily_retraining_job,
+    cron_schedule=_schedule_settings.retrain_cron,
+    execution_timezone=_schedule_settings.timezone,
+    description="Daily retraining: features -> semantic IDs -> ... with every gate, all scenarios.",
+)
+def daily_retraining_schedule(context: ScheduleEvaluationContext) -> RunRequest:
+    scheduled = context.scheduled_execution_time
+    return RunRequest(
+        run_key=f"daily-{scheduled:%Y-%m-%d}" if scheduled else None,
+        tags={**all_scenarios_tags(), "oxyrec/trigger": "schedule"},
+    )

@@ -1,0 +1,153 @@
+"""Dagster resources: where the raw data comes from and how text is embedded.
+
+Each resource has a local default (built from ``params.yaml`` by :func:`default_resources`) and a production
+variant chosen by configuration, not by code changes (see ``deploy/README.md``).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+
+import pandas as pd
+from dagster import ConfigurableResource
+from pydantic import PrivateAttr
+
+from models.data.loaders import find_table, load_interactions, load_items, load_users
+from models.data.schema import DataSourceError
+from models.embeddings.text import EmbeddingCache, MiniLMEncoder
+
+from .settings import Settings, resolve_path
+
+
+class DataSourceResource(ConfigurableResource):
+    """Raw items, users and interactions in the project's standard schema.
+
+    ``source="synthetic"`` generates the embedded e-commerce world (deterministic from ``seed``) once into
+    ``<cache_dir>/synthetic-<config hash>/`` and then reads it like any file source, so both paths share
+    one loader. ``source="files"`` reads ``items``/``interactions``/``users`` (.parquet or .csv) from
+    ``files_dir``: the same code reads a warehouse export in production.
+    """
+
+    source: str = "synthetic"
+    files_dir: str | None = None
+    cache_dir: str = "data/source"
+    seed: int = 0
+    n_items: int = 5000
+    n_users: int = 3000
+    n_days: int = 90
+    start_date: str = "2026-09-01"
+    sessions_per_user_mean: float = 8.0
+    life_event_rate: float = 0.3
+
+    def _world_config(self):
+        from models.data.synthetic import WorldConfig
+
+        return WorldConfig(
+            n_items=self.n_items,
+            n_users=self.n_users,
+            n_days=self.n_days,
+            start_date=self.start_date,
+            seed=self.seed,
+            sessions_per_user_mean=self.sessions_per_user_mean,
+            life_event_rate=self.life_event_rate,
+        )
+
+    def dataset_dir(self) -> Path:
+        if self.source == "files":
+            if not self.files_dir:
+                raise DataSourceError("data source 'files' needs files_dir", file=None, column=None)
+            directory = resolve_path(self.files_dir)
+            if not directory.is_dir():
+                raise DataSourceError(f"data directory {directory} does not exist", file=str(directory), column=None)
+            return directory
+        if self.source != "synthetic":
+            raise ValueError(f"unknown data source {self.source!r}: use 'synthetic' or 'files'")
+        config = self._world_config()
+        digest = hashlib.sha256(json.dumps(config.__dict__, sort_keys=True, default=str).encode()).hexdigest()[:12]
+        directory = resolve_path(self.cache_dir) / f"synthetic-{digest}"
+        if not (directory / "interactions.parquet").exists():
+            from models.data.synthetic import generate_world, write_world
+
+            write_world(generate_world(config), directory)
+        return directory
+
+    def _table(self, name: str, required: bool = True) -> Path | None:
+        directory = self.dataset_dir()
+        path = find_table(directory, name)
+        if path is None and required:
+            raise DataSourceError(
+                f"{name}.parquet or {name}.csv not found in {directory}", file=str(directory / name), column=None
+            )
+        return path
+
+    def items(self) -> pd.DataFrame:
+        return load_items(self._table("items"))
+
+    def users(self) -> pd.DataFrame | None:
+        path = self._table("users", required=False)
+        return load_users(path) if path is not None else None
+
+    def interactions(self, scenario: str | None = None) -> pd.DataFrame:
+        path = self._table("interactions")
+        frame = load_interactions(path)
+        if scenario is None:
+            return frame
+        frame = frame[frame["scenario"] == scenario].reset_index(drop=True)
+        if frame.empty:
+            raise DataSourceError(
+                f"{path}: column 'scenario' has no rows for scenario {scenario!r}", file=str(path), column="scenario"
+            )
+        return frame
+
+    def scenarios(self) -> list[str]:
+        path = self._table("interactions")
+        return sorted(load_interactions(path)["scenario"].unique().tolist())
+
+
+class TextEmbedderResource(ConfigurableResource):
+    """The offline MiniLM sentence embedder plus its content-hash cache.
+
+    ``device="cuda"`` moves the same model to a GPU node in production; the cache directory can live on a
+    shared volume so every worker reuses the vectors.
+    """
+
+    device: str = "cpu"
+    cache_dir: str = "data/cache/text_embeddings"
+    show_progress: bool = False
+
+    _encoder: MiniLMEncoder | None = PrivateAttr(default=None)
+
+    @property
+    def encoder(self) -> MiniLMEncoder:
+        if self._encoder is None:  # loading the model costs seconds: do it once, on first use
+            self._encoder = MiniLMEncoder(device=self.device, show_progress=self.show_progress)
+        return self._encoder
+
+    def cache(self) -> EmbeddingCache:
+        path = resolve_path(self.cache_dir) / f"{self.encoder.name}.npz"
+        return EmbeddingCache(path, dim=self.encoder.dim)
+
+
+def default_resources(settings: Settings) -> dict:
+    from .io_managers import LocalArtifactIOManager
+
+    root = settings.data_root
+    synth = settings.synthetic
+    return {
+        "io_manager": LocalArtifactIOManager(root=str(root)),
+        "data_source": DataSourceResource(
+            source=settings.data.source,
+            files_dir=settings.data.files_dir,
+            cache_dir=str(root / "source"),
+            seed=settings.seed,
+            n_items=synth.n_items,
+            n_users=synth.n_users,
+            n_days=synth.n_days,
+            start_date=synth.start_date,
+            sessions_per_user_mean=synth.sessions_per_user_mean,
+            life_event_rate=synth.life_event_rate,
+        ),
+        "text_embedder": TextEmbedderResource(cache_dir=str(root / "cache" / "text_embeddings")),
+    }
