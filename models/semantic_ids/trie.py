@@ -1,0 +1,277 @@
+"""Prefix trie of valid semantic-ID tuples, in tensor form for vectorised constrained decoding.
+
+A catalog is ``codes: (N, L+1)`` int64, row i = item i, column d in ``[0, vocab_sizes[d])``. The trie has
+one node per distinct prefix; depth d holds the distinct prefixes of length d (depth 0 = the root, depth
+L+1 = the leaves, one per item). Nodes of a depth are numbered in lexicographic order of their prefixes,
+so the children of node p at depth d are a contiguous, token-sorted run of the nodes at depth d+1:
+
+    offsets_d[p] .. offsets_d[p+1]-1   = ids of p's children (at depth d+1)
+    tokens_d[j]                        = last code of child j  (the edge label p -> j)
+    key_d[j] = parent_d[j] * V_d + tokens_d[j]     strictly increasing in j (CSR form)
+
+Query-time operations (no Python loop over the batch, vocabulary or items):
+
+* ``advance(nodes, tokens, d)``: child id, or -1 for an invalid transition (also for node -1 and for
+  tokens outside ``[0, V_d)``). Dense form: ``child_d[p, t]`` (int32 table ``n_nodes_d x V_d``, -1 = none).
+  CSR form: ``j = searchsorted(key_d, p * V_d + t)``, valid iff ``key_d[j] == p * V_d + t``.
+* ``allowed_mask(nodes, d)``: ``mask[b, t] = advance(nodes[b], t, d) >= 0``. Dense: ``child_d[nodes] >= 0``.
+  CSR: the children runs of the batch are concatenated with ``repeat_interleave`` and scattered into a
+  ``[B, V_d]`` boolean mask.
+* ``leaf_item(nodes)``: the catalog row of a leaf (depth L+1) node, -1 for node -1.
+
+Depth d uses the dense table iff ``n_nodes_d * V_d <= TrieConfig.dense_max_entries`` (``mode="auto"``), so a
+1M-item 3x256 catalog stays small (the 65k x 256 depth-2 table would be 67 MB dense; its CSR is 4 MB).
+``to_arrays``/``from_arrays`` give a flat numpy dict (offsets, tokens, leaf items) for ``np.savez``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal
+
+import numpy as np
+import torch
+
+__all__ = ["TrieConfig", "SIDTrie"]
+
+Mode = Literal["auto", "dense", "csr"]
+
+
+@dataclass(frozen=True)
+class TrieConfig:
+    """``mode``: "auto" picks dense per depth when ``n_nodes * vocab <= dense_max_entries``; "dense"/"csr" force one form."""
+
+    dense_max_entries: int = 1 << 22  # 4M int32 entries = 16 MB per depth
+    mode: Mode = "auto"
+
+    def __post_init__(self) -> None:
+        if self.mode not in ("auto", "dense", "csr"):
+            raise ValueError(f"TrieConfig.mode must be 'auto', 'dense' or 'csr', got {self.mode!r}")
+        if self.dense_max_entries < 0:
+            raise ValueError(f"TrieConfig.dense_max_entries must be >= 0, got {self.dense_max_entries}")
+
+
+def _as_codes(codes, vocab_sizes) -> tuple[np.ndarray, tuple[int, ...]]:
+    if isinstance(codes, torch.Tensor):
+        codes = codes.detach().cpu().numpy()
+    codes = np.asarray(codes)
+    vocab_sizes = tuple(int(v) for v in vocab_sizes)
+    if codes.ndim != 2:
+        raise ValueError(f"codes must be a 2-D (N, L+1) array, got shape {codes.shape}")
+    if codes.shape[1] != len(vocab_sizes):
+        raise ValueError(f"codes has {codes.shape[1]} columns but vocab_sizes has {len(vocab_sizes)} levels")
+    if codes.shape[0] == 0:
+        raise ValueError("codes is empty: a trie needs at least one item")
+    if not np.issubdtype(codes.dtype, np.integer):
+        raise ValueError(f"codes must be integers, got dtype {codes.dtype}")
+    if any(v <= 0 for v in vocab_sizes):
+        raise ValueError(f"vocab_sizes must be positive, got {vocab_sizes}")
+    codes = codes.astype(np.int64, copy=False)
+    for d, v in enumerate(vocab_sizes):
+        col = codes[:, d]
+        if col.min() < 0 or col.max() >= v:
+            bad = int(np.flatnonzero((col < 0) | (col >= v))[0])
+            raise ValueError(f"codes[{bad}, {d}] = {int(col[bad])} is outside [0, {v}) (vocab_sizes[{d}])")
+    return codes, vocab_sizes
+
+
+class SIDTrie:
+    """Trie over semantic-ID tuples. Build with :meth:`from_codes` or :meth:`from_arrays`."""
+
+    def __init__(
+        self,
+        vocab_sizes: tuple[int, ...],
+        offsets: list[torch.Tensor],
+        tokens: list[torch.Tensor],
+        leaf_items: torch.Tensor,
+        config: TrieConfig = TrieConfig(),
+    ) -> None:
+        self.vocab_sizes = tuple(int(v) for v in vocab_sizes)
+        self.config = config
+        self.n_levels = len(self.vocab_sizes)  # L+1 = number of codes per item
+        self.offsets = [o.long() for o in offsets]  # per depth 0..L: (n_nodes_d + 1,)
+        self.tokens = [t.long() for t in tokens]  # per depth 0..L: (n_nodes_{d+1},)
+        self.leaf_items = leaf_items.long()
+        self._dense: list[torch.Tensor | None] = []
+        self._has_child: list[torch.Tensor | None] = []  # dense form: bool copy of child >= 0 (1 byte gathers)
+        self._keys: list[torch.Tensor | None] = []
+        for d in range(self.n_levels):
+            n_nodes, v = self.num_nodes(d), self.vocab_sizes[d]
+            n_child = self.tokens[d].numel()
+            parent = torch.repeat_interleave(torch.arange(n_nodes), self.offsets[d].diff())
+            use_dense = config.mode == "dense" or (config.mode == "auto" and n_nodes * v <= config.dense_max_entries)
+            if use_dense:
+                table = torch.full((n_nodes, v), -1, dtype=torch.int32)
+                table[parent, self.tokens[d]] = torch.arange(n_child, dtype=torch.int32)
+                self._dense.append(table)
+                self._has_child.append(table >= 0)
+                self._keys.append(None)
+            else:
+                self._dense.append(None)
+                self._has_child.append(None)
+                self._keys.append(parent * v + self.tokens[d])
+
+    # ------------------------------------------------------------------ construction
+    @classmethod
+    def from_codes(cls, codes, vocab_sizes, config: TrieConfig = TrieConfig()) -> "SIDTrie":
+        """Build from ``codes (N, L+1)``; raises ValueError on out-of-range codes or duplicate tuples."""
+        codes, vocab_sizes = _as_codes(codes, vocab_sizes)
+        n, n_levels = codes.shape
+        order = np.lexsort(codes.T[::-1])  # lexicographic by column 0, then 1, ...
+        s = codes[order]
+        # differs[r, c]: row r differs from row r-1 in column c; a new depth-d node starts where any of the first d differ
+        differs = np.ones((n, n_levels), dtype=bool)
+        differs[1:] = s[1:] != s[:-1]
+        new_node = np.logical_or.accumulate(differs, axis=1)  # new_node[r, d-1]: new prefix of length d at row r
+        if not new_node[:, -1].all():
+            dup = order[np.flatnonzero(~new_node[:, -1])[0]]
+            raise ValueError(
+                f"codes has duplicate semantic-ID tuples (e.g. item {int(dup)}: {codes[dup].tolist()}); "
+                "the disambiguation level must make every tuple unique"
+            )
+        offsets, tokens = [], []
+        parent_of_row = np.zeros(n, dtype=np.int64)  # node id at depth d of each sorted row (root: 0)
+        for d in range(n_levels):
+            starts = np.flatnonzero(new_node[:, d])  # first sorted row of every depth-(d+1) node
+            parent = parent_of_row[starts]
+            n_parents = 1 if d == 0 else int(parent_of_row.max()) + 1
+            counts = np.bincount(parent, minlength=n_parents)
+            offsets.append(torch.from_numpy(np.concatenate([[0], np.cumsum(counts)]).astype(np.int64)))
+            tokens.append(torch.from_numpy(s[starts, d].copy()))
+            parent_of_row = np.cumsum(new_node[:, d]) - 1
+        leaf_items = torch.from_numpy(order.astype(np.int64))  # leaf j = j-th sorted row
+        return cls(vocab_sizes, offsets, tokens, leaf_items, config)
+
+    def to_arrays(self) -> dict[str, np.ndarray]:
+        """Flat numpy dict for ``np.savez``: vocab_sizes, offsets_d, tokens_d, leaf_items."""
+        out = {"vocab_sizes": np.asarray(self.vocab_sizes, dtype=np.int64), "leaf_items": self.leaf_items.numpy()}
+        for d in range(self.n_levels):
+            out[f"offsets_{d}"] = self.offsets[d].numpy()
+            out[f"tokens_{d}"] = self.tokens[d].numpy()
+        return out
+
+    @classmethod
+    def from_arrays(cls, arrays, config: TrieConfig = TrieConfig()) -> "SIDTrie":
+        """Inverse of :meth:`to_arrays` (accepts a dict or an ``np.load`` NpzFile)."""
+        if "vocab_sizes" not in arrays or "leaf_items" not in arrays:
+            raise ValueError("trie arrays need 'vocab_sizes' and 'leaf_items'")
+        vocab_sizes = tuple(int(v) for v in np.asarray(arrays["vocab_sizes"]))
+        offsets, tokens = [], []
+        n_nodes = 1
+        for d in range(len(vocab_sizes)):
+            for key in (f"offsets_{d}", f"tokens_{d}"):
+                if key not in arrays:
+                    raise ValueError(f"trie arrays are missing {key!r}")
+            o = torch.from_numpy(np.asarray(arrays[f"offsets_{d}"], dtype=np.int64).copy())
+            t = torch.from_numpy(np.asarray(arrays[f"tokens_{d}"], dtype=np.int64).copy())
+            if o.numel() != n_nodes + 1 or int(o[-1]) != t.numel() or int(o[0]) != 0:
+                raise ValueError(f"trie arrays: offsets_{d} (len {o.numel()}) inconsistent with {n_nodes} nodes / {t.numel()} tokens")
+            if t.numel() and (int(t.min()) < 0 or int(t.max()) >= vocab_sizes[d]):
+                raise ValueError(f"trie arrays: tokens_{d} outside [0, {vocab_sizes[d]})")
+            offsets.append(o)
+            tokens.append(t)
+            n_nodes = t.numel()
+        leaf = torch.from_numpy(np.asarray(arrays["leaf_items"], dtype=np.int64).copy())
+        if leaf.numel() != n_nodes:
+            raise ValueError(f"trie arrays: leaf_items has {leaf.numel()} entries, expected {n_nodes}")
+        return cls(vocab_sizes, offsets, tokens, leaf, config)
+
+    # ------------------------------------------------------------------ structure
+    @property
+    def root(self) -> int:
+        return 0
+
+    @property
+    def num_items(self) -> int:
+        return self.leaf_items.numel()
+
+    def num_nodes(self, depth: int) -> int:
+        """Number of distinct prefixes of length ``depth`` (depth 0: 1 root; depth L+1: items)."""
+        if depth == 0:
+            return 1
+        return self.tokens[depth - 1].numel()
+
+    def depth_vocab(self, depth: int) -> int:
+        """Vocabulary of the code chosen at ``depth`` (the edge from depth to depth+1)."""
+        self._check_depth(depth)
+        return self.vocab_sizes[depth]
+
+    def is_dense(self, depth: int) -> bool:
+        self._check_depth(depth)
+        return self._dense[depth] is not None
+
+    def root_nodes(self, batch_size: int) -> torch.Tensor:
+        return torch.zeros(batch_size, dtype=torch.long)
+
+    def _check_depth(self, depth: int) -> None:
+        if not 0 <= depth < self.n_levels:
+            raise ValueError(f"depth must be in [0, {self.n_levels}), got {depth}")
+
+    # ------------------------------------------------------------------ queries
+    def allowed_mask(self, nodes: torch.Tensor, depth: int) -> torch.Tensor:
+        """``Bool[B, V_depth]``: tokens that extend each (depth-``depth``) node to a valid prefix; all False for -1."""
+        self._check_depth(depth)
+        nodes = nodes.long()
+        valid = nodes >= 0
+        safe = torch.where(valid, nodes, 0)
+        has_child = self._has_child[depth]
+        if has_child is not None:
+            mask = has_child[safe]
+            mask &= valid[:, None]
+            return mask
+        v = self.vocab_sizes[depth]
+        start = self.offsets[depth][safe]
+        count = torch.where(valid, self.offsets[depth][safe + 1] - start, 0)
+        total = int(count.sum())
+        mask = torch.zeros(nodes.numel(), v, dtype=torch.bool)
+        if total == 0:
+            return mask
+        row = torch.repeat_interleave(torch.arange(nodes.numel()), count, output_size=total)
+        # global child index = start of the row's run + rank within the run
+        first = torch.cumsum(count, 0) - count
+        pos = torch.arange(total) + torch.repeat_interleave(start - first, count, output_size=total)
+        mask[row, self.tokens[depth][pos]] = True
+        return mask
+
+    def advance(self, nodes: torch.Tensor, tokens: torch.Tensor, depth: int) -> torch.Tensor:
+        """Child node ids at depth+1 (``Long[B]``), -1 where ``tokens`` is not a valid edge (or the node is -1)."""
+        self._check_depth(depth)
+        nodes, tokens = nodes.long(), tokens.long()
+        v = self.vocab_sizes[depth]
+        valid = (nodes >= 0) & (tokens >= 0) & (tokens < v)
+        safe_n = torch.where(valid, nodes, 0)
+        safe_t = torch.where(valid, tokens, 0)
+        table = self._dense[depth]
+        if table is not None:
+            child = table[safe_n, safe_t].long()
+        else:
+            keys = self._keys[depth]
+            q = safe_n * v + safe_t
+            j = torch.searchsorted(keys, q).clamp(max=keys.numel() - 1)
+            child = torch.where(keys[j] == q, j, -1)
+        return torch.where(valid, child, -1)
+
+    def leaf_item(self, nodes: torch.Tensor) -> torch.Tensor:
+        """Catalog row of each leaf node (depth L+1), -1 for node -1."""
+        nodes = nodes.long()
+        valid = nodes >= 0
+        return torch.where(valid, self.leaf_items[torch.where(valid, nodes, 0)], -1)
+
+    def walk(self, prefixes: torch.Tensor) -> torch.Tensor:
+        """Node ids reached by ``prefixes (B, d)`` from the root (-1 if invalid). Loops over the d levels only."""
+        if prefixes.dim() != 2 or prefixes.shape[1] > self.n_levels:
+            raise ValueError(f"prefixes must be (B, d) with d <= {self.n_levels}, got shape {tuple(prefixes.shape)}")
+        nodes = self.root_nodes(prefixes.shape[0])
+        for d in range(prefixes.shape[1]):
+            nodes = self.advance(nodes, prefixes[:, d], d)
+        return nodes
+
+    def is_valid_prefix(self, prefixes: torch.Tensor) -> torch.Tensor:
+        """``Bool[B]``: each row of ``prefixes (B, d)`` is a prefix of some item's codes."""
+        return self.walk(prefixes) >= 0
+
+    def lookup(self, codes: torch.Tensor) -> torch.Tensor:
+        """Item index of each full code tuple ``(B, L+1)``, -1 if it is not in the catalog."""
+        if codes.dim() != 2 or codes.shape[1] != self.n_levels:
+            raise ValueError(f"codes must be (B, {self.n_levels}), got shape {tuple(codes.shape)}")
+        return self.leaf_item(self.walk(codes))
