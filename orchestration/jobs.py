@@ -29,7 +29,7 @@ daily_retraining_job = define_asset_job(
 
 scenario_refresh_job = define_asset_job(
     "scenario_refresh",
-    selection=AssetSelection.groups("raw").upstream() - AssetSelection.assets("raw_items", "raw_users"),
+    selection=AssetSelection.assets("raw_interactions"),
     description="Re-load one scenario's partition (pick it in the launchpad or a backfill).",
 )
 
