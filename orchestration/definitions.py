@@ -7,14 +7,15 @@ from dagster import Definitions, load_asset_checks_from_modules, load_assets_fro
 import assets.checks
 import assets.embeddings
 import assets.raw
+import assets.semantic_ids
 
 from .jobs import daily_retraining_job, daily_retraining_schedule, scenario_refresh_job
 from .params import ParamsResource
 from .resources import default_resources
 from .settings import current_settings
 
-ASSET_MODULES = [assets.raw, assets.embeddings]
-CHECK_MODULES = [assets.checks]
+ASSET_MODULES = [assets.raw, assets.embeddings, assets.semantic_ids]
+CHECK_MODULES = [assets.checks, assets.semantic_ids]
 
 
 def build_definitions(resources: dict | None = None) -> Definitions:

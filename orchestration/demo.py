@@ -26,7 +26,8 @@ def _metadata_text(value) -> str:
 
 SUMMARY_KEYS = (
     "dagster/row_count", "items", "users", "dimension", "embedded_now", "served_from_cache",
-    "text_items_per_second", "seconds", "path", "paths",
+    "text_items_per_second", "codebook_version", "refit", "l1_coverage", "collision_p99", "newly_assigned",
+    "seconds",
 )
 
 
@@ -45,11 +46,20 @@ def print_summary(result) -> None:
     settings = current_settings()
     print(f"\nOxygenREC pipeline: source={settings.data.source}, scenarios={', '.join(SCENARIOS)}")
     print(f"data directory: {settings.data_root}\n")
+    seen: dict[str, list[str]] = {}  # asset -> partitions (a multi-partition step reports each one)
     for event in result.get_asset_materialization_events():
         materialization = event.step_materialization_data.materialization
+        name = materialization.asset_key.to_user_string()
+        if name in seen:
+            seen[name].append(materialization.partition)
+            continue
+        seen[name] = [materialization.partition]
         meta = materialization.metadata
         shown = [f"{k.split('/')[-1]}={_metadata_text(meta[k])}" for k in SUMMARY_KEYS if k in meta]
-        print(f"  built {materialization.asset_key.to_user_string():<22} " + "  ".join(shown))
+        print(f"  built {name:<22} " + "  ".join(shown))
+    partitioned = {name: parts for name, parts in seen.items() if parts[0] is not None}
+    for name, parts in partitioned.items():
+        print(f"        {name} partitions: {', '.join(parts)}")
     for event in result.get_asset_check_evaluations():
         status = "PASS" if event.passed else "FAIL"
         print(f"  check {event.asset_key.to_user_string()}.{event.check_name:<24} {status}")

@@ -130,6 +130,27 @@ class TextEmbedderResource(ConfigurableResource):
         return EmbeddingCache(path, dim=self.encoder.dim)
 
 
+class ArtifactStoreResource(ConfigurableResource):
+    """The data directory seen by assets that keep versioned files beside their IO-managed value
+    (codebooks, checkpoints, model repositories), or that read their own previous materialization."""
+
+    root: str
+
+    def asset_dir(self, asset_name: str) -> Path:
+        path = resolve_path(self.root) / asset_name
+        path.mkdir(parents=True, exist_ok=True)
+        return path
+
+    def previous(self, asset_name: str, partition: str | None = None):
+        """The asset's last stored value, or None (first run)."""
+        from .io_managers import read_value
+
+        try:
+            return read_value(resolve_path(self.root) / asset_name / (partition or "_"))
+        except FileNotFoundError:
+            return None
+
+
 def default_resources(settings: Settings) -> dict:
     from .io_managers import LocalArtifactIOManager
 
@@ -137,6 +158,7 @@ def default_resources(settings: Settings) -> dict:
     synth = settings.synthetic
     return {
         "io_manager": LocalArtifactIOManager(root=str(root)),
+        "artifacts": ArtifactStoreResource(root=str(root)),
         "data_source": DataSourceResource(
             source=settings.data.source,
             files_dir=settings.data.files_dir,

@@ -84,6 +84,24 @@ class EmbeddingSettings(_Section):
     fused_dim: int = Field(256, ge=2)
 
 
+class SemanticIdGate(_Section):
+    """Blocking quality thresholds: a codebook outside them never reaches training."""
+
+    min_l1_coverage: float = Field(0.9, ge=0, le=1)
+    max_collision_p99: float = Field(5, ge=1)
+    min_l1_purity: float = Field(0.0, ge=0, le=1)
+
+
+class SemanticIdSettings(_Section):
+    levels: int = Field(3, ge=1)
+    codebook_size: int = Field(256, ge=2)
+    assignment: Literal["plain", "balanced"] = "balanced"
+    max_iter: int = Field(50, ge=1)
+    fit_sample_size: int | None = Field(None, ge=1)
+    refit: Literal["auto", "always", "never"] = "auto"   # auto: refit only when the staleness report asks
+    gate: SemanticIdGate = SemanticIdGate()
+
+
 class ScheduleSettings(_Section):
     retrain_cron: str = "0 3 * * *"
     timezone: str = "UTC"
@@ -95,6 +113,7 @@ class Settings(_Section):
     synthetic: SyntheticSettings = SyntheticSettings()
     validation: ValidationSettings = ValidationSettings()
     embeddings: EmbeddingSettings = EmbeddingSettings()
+    semantic_ids: SemanticIdSettings = SemanticIdSettings()
     schedule: ScheduleSettings = ScheduleSettings()
 
     @property

@@ -3,17 +3,32 @@
 from pathlib import Path
 
 import pytest
+import yaml
 from dagster import DagsterInstance
 
 from models.data.synthetic import WorldConfig, generate_world, write_world
 from orchestration.io_managers import LocalArtifactIOManager
 from orchestration.params import ParamsResource
-from orchestration.resources import DataSourceResource, TextEmbedderResource
+from orchestration.settings import DEFAULT_CONFIG
+from orchestration.resources import ArtifactStoreResource, DataSourceResource, TextEmbedderResource
 
 SMALL_WORLD = dict(n_items=240, n_users=150, n_days=30, seed=3)
 
 
-def make_resources(root: Path, files_dir: Path | None = None) -> dict:
+def small_params(root: Path, **overrides) -> str:
+    """params.yaml with a codebook sized for the small catalog (and any section overrides)."""
+    raw = yaml.safe_load(DEFAULT_CONFIG.read_text())
+    raw["semantic_ids"]["codebook_size"] = 16
+    raw["semantic_ids"]["max_iter"] = 20
+    for section, values in overrides.items():
+        raw[section] = {**raw.get(section, {}), **values}
+    root.mkdir(parents=True, exist_ok=True)
+    path = root / "params.yaml"
+    path.write_text(yaml.safe_dump(raw))
+    return str(path)
+
+
+def make_resources(root: Path, files_dir: Path | None = None, **param_overrides) -> dict:
     source = (
         DataSourceResource(source="files", files_dir=str(files_dir))
         if files_dir
@@ -21,9 +36,10 @@ def make_resources(root: Path, files_dir: Path | None = None) -> dict:
     )
     return {
         "io_manager": LocalArtifactIOManager(root=str(root)),
+        "artifacts": ArtifactStoreResource(root=str(root)),
         "data_source": source,
         "text_embedder": TextEmbedderResource(cache_dir=str(root / "cache")),
-        "params": ParamsResource(),
+        "params": ParamsResource(config_path=small_params(root.parent / f"{root.name}-params", **param_overrides)),
     }
 
 

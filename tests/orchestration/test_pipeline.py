@@ -5,7 +5,7 @@ import shutil
 import numpy as np
 import pandas as pd
 import pytest
-from dagster import DagsterInstance, build_schedule_context
+from dagster import AssetKey, DagsterInstance, build_schedule_context
 
 from orchestration.definitions import build_definitions
 from orchestration.jobs import PARTITION_RANGE_END, PARTITION_RANGE_START, all_scenarios_tags, daily_retraining_schedule
@@ -54,8 +54,14 @@ def good_run(tmp_path_factory, small_world_dir):
 
 def test_daily_run_builds_every_scenario_and_passes_gates(good_run, small_world_dir):
     root, result = good_run
-    assert {"raw_items", "raw_users", "raw_interactions", "interaction_log", "catalog_embeddings"} <= materialized(result)
-    assert checks(result) == {"raw_items_gate": True, "raw_interactions_gate": True, "interaction_log_gate": True}
+    assert {
+        "raw_items", "raw_users", "raw_interactions", "interaction_log", "catalog_embeddings",
+        "semantic_id_codebook", "item_semantic_ids", "sid_trie",
+    } == materialized(result)  # the analysis group stays off the daily job
+    assert checks(result) == {
+        "raw_items_gate": True, "raw_interactions_gate": True, "interaction_log_gate": True,
+        "semantic_id_quality_gate": True,
+    }
     for scenario in SCENARIOS:
         frame = pd.read_parquet(root / "raw_interactions" / f"{scenario}.parquet")
         assert set(frame["scenario"]) == {scenario}
@@ -68,9 +74,23 @@ def test_daily_run_builds_every_scenario_and_passes_gates(good_run, small_world_
         assert list(stored["item_ids"]) == list(pd.read_parquet(root / "raw_items" / "_.parquet")["item_id"])
 
 
-def test_second_run_serves_every_text_from_the_cache(good_run, instance, small_world_dir):
+def test_item_semantic_ids_are_a_bijection_and_the_trie_covers_them(good_run):
     root, _ = good_run
+    sids = pd.read_parquet(root / "item_semantic_ids" / "_.parquet")
+    codes = sids[[c for c in sids.columns if c.startswith("sid_")]]
+    assert codes.shape[1] == 4 and not codes.duplicated().any()
+    assert sids["item_id"].is_unique and len(sids) == 240
+    with np.load(root / "sid_trie" / "_.npz") as trie:
+        assert list(trie["item_ids"]) == list(sids["item_id"])
+
+
+def test_second_run_serves_every_text_from_the_cache_and_keeps_sids(good_run, instance, small_world_dir):
+    root, _ = good_run
+    sids_before = pd.read_parquet(root / "item_semantic_ids" / "_.parquet")
     again = run_daily(root, instance, small_world_dir)
+    pd.testing.assert_frame_equal(pd.read_parquet(root / "item_semantic_ids" / "_.parquet"), sids_before)
+    codebook = next(e for e in again.get_asset_materialization_events() if e.asset_key.path == ["semantic_id_codebook"])
+    assert codebook.step_materialization_data.materialization.metadata["refit"].value is False
     event = next(e for e in again.get_asset_materialization_events() if e.asset_key.path == ["catalog_embeddings"])
     metadata = event.step_materialization_data.materialization.metadata
     assert metadata["embedded_now"].value == 0
@@ -117,8 +137,12 @@ def test_missing_column_fails_clearly_and_loses_nothing(good_run, instance, smal
     message = " ".join(error_chain(e.step_failure_data.error) for e in result.get_step_failure_events())
     assert "items.parquet" in message and "title" in message
     after = snapshot(root)
-    for name, content in before.items():
-        assert after[name] == content, f"{name} changed after a failed run"
+    # raw_items failed, so it and everything downstream of it are exactly as before (raw_interactions does
+    # not depend on the catalog and may legitimately be re-written by the same run).
+    downstream = [n for n in before if not n.startswith("raw_interactions") and "dagster" not in n]
+    assert "raw_items/_.parquet" in downstream and "catalog_embeddings/_.npz" in downstream
+    for name in downstream:
+        assert after[name] == before[name], f"{name} changed after a failed run"
 
 
 def test_one_scenario_backfill_rewrites_only_that_partition(good_run, instance, small_world_dir):
@@ -151,3 +175,27 @@ def test_daily_schedule_requests_all_scenarios_in_one_run():
     assert request.tags[PARTITION_RANGE_START] == SCENARIOS[0]
     assert request.tags[PARTITION_RANGE_END] == SCENARIOS[-1]
     assert request.run_key == "daily-2026-11-27"
+
+
+def test_degenerate_embeddings_fail_the_codebook_gate_and_block_training_inputs(good_run, instance, small_world_dir):
+    root, _ = good_run
+    sids_before = (root / "item_semantic_ids" / "_.parquet").read_bytes()
+    embeddings = dict(np.load(root / "catalog_embeddings" / "_.npz"))
+    embeddings["fused"] = np.ones_like(embeddings["fused"])  # every item identical: a collapsed codebook
+    np.savez(root / "catalog_embeddings" / "_.npz", **embeddings)
+    try:
+        defs = build_definitions(resources=make_resources(root, small_world_dir))
+        job = defs.resolve_job_def("daily_retraining")
+        result = job.execute_in_process(
+            instance=instance,
+            tags=all_scenarios_tags(),
+            asset_selection=[AssetKey("semantic_id_codebook"), AssetKey("item_semantic_ids"), AssetKey("sid_trie")],
+            raise_on_error=False,
+        )
+        gate = next(e for e in result.get_asset_check_evaluations() if e.check_name == "semantic_id_quality_gate")
+        assert not gate.passed
+        assert "l1_coverage" in gate.description and "collision_p99" in gate.description
+        assert materialized(result) == {"semantic_id_codebook"}
+        assert (root / "item_semantic_ids" / "_.parquet").read_bytes() == sids_before
+    finally:  # leave the shared good run as it was for other tests
+        run_daily(root, instance, small_world_dir)

@@ -1,0 +1,118 @@
+"""Client of the ``oxygenrec_generate`` Triton model (tritonclient, HTTP or gRPC).
+
+The caller (a gateway, or the pipeline's smoke test) does the feature lookup (Feast online read) and passes the
+encoder's nine arrays (see models/export/onnx_export.serving_arrays): the Triton repository stays stateless.
+
+    with TritonRecommender("127.0.0.1:8000") as rec:
+        items, scores = rec.recommend(arrays, beam_width=64, top_k=20)     # [B, 20] catalog rows, log-probs
+        ids = rec.last_item_ids                                            # [[str]] decoded from UTF-8 bytes
+
+Batches larger than the model's max_batch_size are split into several requests.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+__all__ = ["TritonRecommender", "GENERATE_INPUTS"]
+
+GENERATE_INPUTS = ("scenario", "profile", "profile_mask", "instruction_emb", "has_instruction",
+                   "short_sids", "short_mask", "long_sids", "long_mask")
+_DTYPES = {"scenario": (np.int64, "INT64"), "profile": (np.int64, "INT64"), "profile_mask": (np.bool_, "BOOL"),
+           "instruction_emb": (np.float32, "FP32"), "has_instruction": (np.bool_, "BOOL"),
+           "short_sids": (np.int64, "INT64"), "short_mask": (np.bool_, "BOOL"), "long_sids": (np.int64, "INT64"),
+           "long_mask": (np.bool_, "BOOL"), "beam_width": (np.int32, "INT32"), "top_k": (np.int32, "INT32")}
+_OUTPUTS = ("item_index", "score", "item_id")
+
+
+class TritonRecommender:
+    def __init__(self, url: str, protocol: str = "http", model: str = "oxygenrec_generate", version: str = "",
+                 timeout: float = 60.0) -> None:
+        if protocol not in ("http", "grpc"):
+            raise ValueError(f"protocol must be 'http' or 'grpc', got {protocol!r}")
+        self.url, self.protocol, self.model, self.version, self.timeout = url, protocol, model, str(version), timeout
+        if protocol == "http":
+            import tritonclient.http as tc
+
+            self._client = tc.InferenceServerClient(url, network_timeout=timeout, connection_timeout=timeout)
+        else:
+            import tritonclient.grpc as tc
+
+            self._client = tc.InferenceServerClient(url)
+        self._tc = tc
+        self._max_batch: int | None = None
+        self.last_item_ids: list[list[str]] = []
+
+    # ------------------------------------------------------------------ lifecycle
+    def close(self) -> None:
+        if self._client is not None:
+            self._client.close()
+            self._client = None
+
+    def __enter__(self) -> "TritonRecommender":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def __del__(self) -> None:  # best effort: open keep-alive connections delay server shutdown
+        try:
+            self.close()
+        except Exception:  # noqa: BLE001
+            pass
+
+    @property
+    def max_batch_size(self) -> int:
+        if self._max_batch is None:
+            cfg = self._client.get_model_config(self.model, self.version)
+            if self.protocol == "grpc":
+                cfg = {"max_batch_size": cfg.config.max_batch_size}
+            self._max_batch = int(cfg.get("max_batch_size", 0)) or 1 << 30
+        return self._max_batch
+
+    # ------------------------------------------------------------------ inference
+    def _request(self, arrays: dict[str, np.ndarray]):
+        tc = self._tc
+        inputs = []
+        for name, arr in arrays.items():
+            inp = tc.InferInput(name, list(arr.shape), _DTYPES[name][1])
+            if self.protocol == "http":
+                inp.set_data_from_numpy(arr, binary_data=True)
+            else:
+                inp.set_data_from_numpy(arr)
+            inputs.append(inp)
+        if self.protocol == "http":
+            outputs = [tc.InferRequestedOutput(n, binary_data=True) for n in _OUTPUTS]
+            return self._client.infer(self.model, inputs, model_version=self.version, outputs=outputs)
+        outputs = [tc.InferRequestedOutput(n) for n in _OUTPUTS]
+        return self._client.infer(self.model, inputs, model_version=self.version, outputs=outputs,
+                                  client_timeout=self.timeout)
+
+    def recommend(self, batch_arrays: dict, beam_width: int, top_k: int) -> tuple[np.ndarray, np.ndarray]:
+        """(item_indices Int64[B, top_k] (catalog rows, -1 = none), scores Float32[B, top_k] log-probs), best first.
+        ``batch_arrays``: the nine encoder arrays for B users (numpy or torch); ids land in ``last_item_ids``."""
+        if self._client is None:
+            raise RuntimeError("TritonRecommender is closed")
+        missing = [k for k in GENERATE_INPUTS if k not in batch_arrays]
+        if missing:
+            raise ValueError(f"batch_arrays is missing {missing}")
+        arrays = {}
+        for k in GENERATE_INPUTS:
+            v = batch_arrays[k]
+            v = v.detach().cpu().numpy() if hasattr(v, "detach") else np.asarray(v)
+            arrays[k] = np.ascontiguousarray(v.astype(_DTYPES[k][0], copy=False))
+        b = arrays["scenario"].reshape(-1).shape[0]
+        arrays["scenario"] = arrays["scenario"].reshape(b, 1)  # per-user scalars travel as [B, 1]
+        arrays["has_instruction"] = arrays["has_instruction"].reshape(b, 1)
+        arrays["beam_width"] = np.full((b, 1), int(beam_width), np.int32)
+        arrays["top_k"] = np.full((b, 1), int(top_k), np.int32)
+        items, scores, ids = [], [], []
+        step = self.max_batch_size
+        for s in range(0, b, step):
+            res = self._request({k: np.ascontiguousarray(v[s : s + step]) for k, v in arrays.items()})
+            items.append(res.as_numpy("item_index"))
+            scores.append(res.as_numpy("score"))
+            raw = res.as_numpy("item_id")
+            ids += [[bytes(row).rstrip(b"\0").decode("utf-8") for row in user] for user in raw]
+        self.last_item_ids = ids
+        return np.concatenate(items), np.concatenate(scores)
