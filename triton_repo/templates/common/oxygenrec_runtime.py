@@ -1,0 +1,276 @@
+"""OxygenREC serving runtime: ONNX sessions, input checks, trie-constrained beam search, Triton request batching.
+
+Copied verbatim into every model version directory by ``models/export/repository.py`` (and imported from there
+by the python-backend ``model.py`` files), so a published version needs nothing but numpy, torch and
+onnxruntime: no project package, no files outside its own directory. Tests import the same file through
+``models.export.onnx_export.load_runtime``, so what is tested is what is served.
+
+Beam search (identical to models/decoding/beam_search.py::constrained_beam_search; B users, beam width W):
+
+    encoder graph -> cross K/V, prefix self K/V, logits of level 0, one beam per user with s = 0
+    for level d = 0..L:
+        lp[b, k, v]   = log_softmax(logits[b, k, :V_d])[v]             (d > 0: decoder-step graph on the B x k beams)
+        cand[b, k, v] = s[b, k] + lp[b, k, v] if the trie allows v after beam (b, k) else -inf
+        (s, flat) = topk over (k, v) of cand[b]   (W' = min(W, k * V_d));  parent = flat // V_d, token = flat % V_d
+        past K/V, trie nodes follow parent
+    item = trie leaf of each beam (-1 with score -inf where fewer than top_k items are reachable)
+
+The decoder-step graph runs in-process with onnxruntime (0.007 ms per call here) instead of through BLS to the
+``oxygenrec_decoder_step`` model, which ENVIRONMENT.md measured at 0.2-0.4 ms of IPC per call.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib.util
+import json
+import os
+import sys
+from pathlib import Path
+
+import numpy as np
+import torch
+
+ENCODER_INPUTS = ("scenario", "profile", "profile_mask", "instruction_emb", "has_instruction",
+                  "short_sids", "short_mask", "long_sids", "long_mask")
+ENCODER_OUTPUTS = ("memory", "memory_mask", "cross_k", "cross_v", "past_k", "past_v", "logits")
+STEP_INPUTS = ("token", "past_k", "past_v", "cross_k", "cross_v", "memory_mask")
+STEP_OUTPUTS = ("logits", "present_k", "present_v")
+MANIFEST = "manifest.json"
+
+
+class ModelFilesError(RuntimeError):
+    """A version directory is incomplete or its files do not match manifest.json."""
+
+
+# ------------------------------------------------------------------------------------------ files
+def sha256_file(path: str | os.PathLike) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def verify_version_dir(version_dir: str | os.PathLike) -> dict:
+    """Read ``manifest.json`` and check every listed file's size and sha256. Returns the manifest."""
+    version_dir = Path(version_dir)
+    mpath = version_dir / MANIFEST
+    if not mpath.exists():
+        raise ModelFilesError(f"{mpath} is missing: not a published OxygenREC model version")
+    try:
+        manifest = json.loads(mpath.read_text())
+    except ValueError as exc:
+        raise ModelFilesError(f"{mpath} is not valid JSON: {exc}") from exc
+    for name, meta in manifest.get("files", {}).items():
+        p = version_dir / name
+        if not p.exists():
+            raise ModelFilesError(f"{p} is listed in {MANIFEST} but missing")
+        if p.stat().st_size != meta["bytes"] or sha256_file(p) != meta["sha256"]:
+            raise ModelFilesError(f"{p} does not match {MANIFEST} (size {p.stat().st_size} vs {meta['bytes']}, "
+                                  "or sha256 differs): the file is corrupt or was changed after publishing")
+    return manifest
+
+
+def import_file(path: str | os.PathLike, name: str):
+    """Import a python file from the version directory under a unique module name."""
+    path = Path(path)
+    spec = importlib.util.spec_from_file_location(name, path)
+    if spec is None or spec.loader is None:
+        raise ModelFilesError(f"cannot import {path}")
+    mod = importlib.util.module_from_spec(spec)
+    sys.modules[name] = mod
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def make_session(path: str | os.PathLike, threads: int = 1):
+    import onnxruntime as ort
+
+    opts = ort.SessionOptions()
+    opts.intra_op_num_threads = threads
+    opts.inter_op_num_threads = threads
+    opts.log_severity_level = 3
+    try:
+        return ort.InferenceSession(str(path), sess_options=opts, providers=["CPUExecutionProvider"])
+    except Exception as exc:  # onnxruntime raises its own Fail/InvalidProtobuf types
+        raise ModelFilesError(f"onnxruntime cannot load {path}: {type(exc).__name__}: {exc}") from exc
+
+
+# ------------------------------------------------------------------------------------------ inputs
+def check_encoder_inputs(arrays: dict[str, np.ndarray], c: dict) -> int:
+    """Validate the nine encoder arrays against the interface constants ``c``; returns B. Raises ValueError."""
+    missing = [k for k in ENCODER_INPUTS if k not in arrays]
+    if missing:
+        raise ValueError(f"missing inputs {missing}")
+    a = arrays
+    L1 = c["n_levels"]
+    if a["scenario"].ndim != 1:
+        raise ValueError(f"scenario must be [B], got shape {list(a['scenario'].shape)}")
+    b = a["scenario"].shape[0]
+    shapes = {"profile": (b, None), "profile_mask": (b, None), "instruction_emb": (b, c["instruction_dim"]),
+              "has_instruction": (b,), "short_sids": (b, None, L1), "short_mask": (b, None),
+              "long_sids": (b, None, L1), "long_mask": (b, None)}
+    for k, want in shapes.items():
+        got = a[k].shape
+        if len(got) != len(want) or any(w is not None and w != g for w, g in zip(want, got)):
+            raise ValueError(f"{k} must have shape {[('?' if w is None else w) for w in want]}, got {list(got)}")
+    for k in ("profile", "short", "long"):
+        sk, mk = ("profile", "profile_mask") if k == "profile" else (f"{k}_sids", f"{k}_mask")
+        if a[mk].shape != a[sk].shape[:2]:
+            raise ValueError(f"{mk} shape {list(a[mk].shape)} does not match {sk} {list(a[sk].shape)}")
+    limits = {"profile": (1, c["n_profile_fields"]), "short_sids": (1, c["max_short"]),
+              "long_sids": (c["min_long"], c["max_long"])}
+    for k, (lo, hi) in limits.items():
+        n = a[k].shape[1]
+        if not lo <= n <= hi:
+            raise ValueError(f"{k} has {n} slots; the model takes {lo}..{hi} (pad with masked entries)")
+    s = a["scenario"]
+    if b and (s.min() < 0 or s.max() >= c["n_scenarios"]):
+        raise ValueError(f"scenario values must be in [0, {c['n_scenarios']}), got {s[(s < 0) | (s >= c['n_scenarios'])][:4].tolist()}")
+    p = np.where(a["profile_mask"], a["profile"], 0)
+    if p.size and (p.min() < 0 or p.max() >= c["profile_vocab_size"]):
+        raise ValueError(f"profile ids must be in [0, {c['profile_vocab_size']})")
+    vocab = np.asarray(c["vocab_sizes"])
+    for k in ("short", "long"):
+        sids = np.where(a[f"{k}_mask"][..., None], a[f"{k}_sids"], 0)
+        bad = (sids < 0) | (sids >= vocab)
+        if bad.any():
+            where = np.argwhere(bad)[0].tolist()
+            raise ValueError(f"{k}_sids{where} = {int(sids[tuple(where)])} is outside the level's vocab {list(vocab)}")
+    if not np.isfinite(a["instruction_emb"]).all():
+        raise ValueError("instruction_emb has NaN or inf values")
+    return b
+
+
+# ------------------------------------------------------------------------------------------ model
+class OnnxGenerator:
+    """The exported encoder + decoder-step graphs behind a small torch-tensor API."""
+
+    def __init__(self, encoder_path, step_path, constants: dict, threads: int = 1) -> None:
+        self.c = constants
+        self.vocab_sizes = tuple(int(v) for v in constants["vocab_sizes"])
+        self.n_levels = len(self.vocab_sizes)
+        self.encoder = make_session(encoder_path, threads)
+        self.step_session = make_session(step_path, threads)
+
+    def encode(self, arrays: dict[str, np.ndarray]) -> dict[str, torch.Tensor]:
+        feeds = {k: np.ascontiguousarray(arrays[k]) for k in ENCODER_INPUTS}
+        return {k: torch.from_numpy(v) for k, v in zip(ENCODER_OUTPUTS, self.encoder.run(None, feeds))}
+
+    def step(self, token, past_k, past_v, cross_k, cross_v, memory_mask):
+        feeds = {"token": token, "past_k": past_k, "past_v": past_v, "cross_k": cross_k, "cross_v": cross_v,
+                 "memory_mask": memory_mask}
+        feeds = {k: np.ascontiguousarray(v.numpy() if isinstance(v, torch.Tensor) else v) for k, v in feeds.items()}
+        return tuple(torch.from_numpy(v) for v in self.step_session.run(None, feeds))
+
+
+@torch.no_grad()
+def beam_search(gen: OnnxGenerator, trie, arrays: dict[str, np.ndarray], beam_width: int, top_k: int | None = None):
+    """Top-k catalog items per user: (item_index Long[B, top_k], log_prob Float[B, top_k]), best first.
+    ``trie`` is a SIDTrie (models/semantic_ids/trie.py, shipped as sid_trie.py)."""
+    top_k = beam_width if top_k is None else top_k
+    if beam_width < 1 or top_k < 1 or top_k > beam_width:
+        raise ValueError(f"need 1 <= top_k <= beam_width, got top_k={top_k}, beam_width={beam_width}")
+    if tuple(trie.vocab_sizes) != gen.vocab_sizes:
+        raise ValueError(f"trie vocab_sizes {trie.vocab_sizes} != model vocab_sizes {gen.vocab_sizes}")
+    enc = gen.encode(arrays)
+    logits, past_k, past_v = enc["logits"], enc["past_k"], enc["past_v"]  # [B, 1, V*], [B, 1, NL, H, P, d_h]
+    b = logits.shape[0]
+    rows = torch.arange(b)[:, None]
+    scores = torch.zeros(b, 1)
+    nodes = trie.root_nodes(b)
+    token = None
+    for d in range(gen.n_levels):
+        v = gen.vocab_sizes[d]
+        if d > 0:
+            logits, past_k, past_v = gen.step(token, past_k, past_v, enc["cross_k"], enc["cross_v"], enc["memory_mask"])
+        k_cur = scores.shape[1]
+        lp = torch.log_softmax(logits[..., :v].float(), dim=-1).reshape(b * k_cur, v)
+        allowed = trie.allowed_mask(nodes, d)
+        cand = (scores.reshape(-1, 1) + lp).masked_fill(~allowed, float("-inf")).view(b, k_cur * v)
+        scores, flat = cand.topk(min(beam_width, k_cur * v), dim=1)
+        parent, token = flat // v, flat % v
+        src = (rows * k_cur + parent).reshape(-1)
+        nodes = trie.advance(nodes[src], token.reshape(-1), d)
+        nodes = torch.where(scores.reshape(-1) > float("-inf"), nodes, -1)
+        if d + 1 < gen.n_levels:
+            past_k, past_v = past_k[rows, parent], past_v[rows, parent]
+    items = trie.leaf_item(nodes).view(b, -1)
+    valid = (items >= 0) & (scores > float("-inf"))
+    items = torch.where(valid, items, -1)
+    scores = torch.where(valid, scores, float("-inf"))
+    if items.shape[1] < top_k:
+        pad = top_k - items.shape[1]
+        items = torch.cat([items, items.new_full((b, pad), -1)], 1)
+        scores = torch.cat([scores, scores.new_full((b, pad), float("-inf"))], 1)
+    return items[:, :top_k].contiguous(), scores[:, :top_k].contiguous()
+
+
+def item_id_table(item_ids: list[str]) -> torch.Tensor:
+    """UInt8[N + 1, W]: UTF-8 bytes of each id, zero padded; the last row (index -1) is all zeros."""
+    raw = [str(i).encode("utf-8") for i in item_ids]
+    width = max([1, *(len(r) for r in raw)])
+    table = np.zeros((len(raw) + 1, width), np.uint8)
+    for i, r in enumerate(raw):  # once at load time
+        table[i, : len(r)] = np.frombuffer(r, np.uint8)
+    return torch.from_numpy(table)
+
+
+# ------------------------------------------------------------------------------------------ triton glue
+def version_dir(args: dict) -> Path:
+    """The model's own version directory (the only place a model loads files from)."""
+    return Path(args["model_repository"]) / str(args["model_version"])
+
+
+def parameter(model_config: dict, key: str, default: str) -> str:
+    return model_config.get("parameters", {}).get(key, {}).get("string_value", default) or default
+
+
+def read_request(pb_utils, request, names) -> dict[str, np.ndarray]:
+    """Input tensors as numpy arrays through DLPack (never ``as_numpy``: broken under numpy 2, ENVIRONMENT.md)."""
+    out = {}
+    for name in names:
+        t = pb_utils.get_input_tensor_by_name(request, name)
+        if t is None:
+            raise ValueError(f"missing input {name!r}")
+        out[name] = torch.from_dlpack(t).numpy()
+    return out
+
+
+def execute_batched(pb_utils, requests, read, run, batch_input: str):
+    """Serve a list of requests, running compatible ones (same key) as one batch.
+
+    read(request) -> (key, arrays) raises ValueError for a bad request (only that request fails);
+    run(key, arrays) -> dict name -> torch tensor (dim 0 = batch). Outputs are sent via ``Tensor.from_dlpack``.
+    """
+    responses = [None] * len(requests)
+    groups: dict = {}
+    for i, request in enumerate(requests):
+        try:
+            key, arrays = read(request)
+        except Exception as exc:  # noqa: BLE001 -- becomes this request's error response
+            responses[i] = pb_utils.InferenceResponse(output_tensors=[], error=pb_utils.TritonError(f"{type(exc).__name__}: {exc}"))
+            continue
+        groups.setdefault(key, []).append((i, arrays))
+    for key, members in groups.items():
+        try:
+            if len(members) == 1:
+                cat = members[0][1]
+            else:
+                cat = {k: np.concatenate([a[k] for _, a in members]) for k in members[0][1]}
+            outs = run(key, cat)
+            start = 0
+            for i, arrays in members:
+                n = arrays[batch_input].shape[0]
+                tensors = [pb_utils.Tensor.from_dlpack(name, t[start : start + n].contiguous()) for name, t in outs.items()]
+                responses[i] = pb_utils.InferenceResponse(output_tensors=tensors)
+                start += n
+        except Exception as exc:  # noqa: BLE001
+            for i, _ in members:
+                responses[i] = pb_utils.InferenceResponse(output_tensors=[], error=pb_utils.TritonError(f"{type(exc).__name__}: {exc}"))
+    return responses
+
+
+def shape_key(arrays: dict[str, np.ndarray]) -> tuple:
+    return tuple((k, a.shape[1:]) for k, a in arrays.items())
