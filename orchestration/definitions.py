@@ -6,15 +6,24 @@ from dagster import Definitions, load_asset_checks_from_modules, load_assets_fro
 
 import assets.checks
 import assets.embeddings
+import assets.features
 import assets.raw
 import assets.semantic_ids
 
-from .jobs import daily_retraining_job, daily_retraining_schedule, scenario_refresh_job
+from .jobs import (
+    daily_instructions_job,
+    daily_instructions_schedule,
+    daily_retraining_job,
+    daily_retraining_schedule,
+    ingest_job,
+    scenario_refresh_job,
+)
 from .params import ParamsResource
+from .sensors import high_value_action_sensor, instruction_updates_job
 from .resources import default_resources
 from .settings import current_settings
 
-ASSET_MODULES = [assets.raw, assets.embeddings, assets.semantic_ids]
+ASSET_MODULES = [assets.raw, assets.embeddings, assets.semantic_ids, assets.features]
 CHECK_MODULES = [assets.checks, assets.semantic_ids]
 
 
@@ -23,8 +32,9 @@ def build_definitions(resources: dict | None = None) -> Definitions:
     return Definitions(
         assets=load_assets_from_modules(ASSET_MODULES),
         asset_checks=load_asset_checks_from_modules(CHECK_MODULES),
-        jobs=[daily_retraining_job, scenario_refresh_job],
-        schedules=[daily_retraining_schedule],
+        jobs=[ingest_job, daily_instructions_job, daily_retraining_job, scenario_refresh_job, instruction_updates_job],
+        sensors=[high_value_action_sensor],
+        schedules=[daily_instructions_schedule, daily_retraining_schedule],
         resources={**default_resources(settings), "params": ParamsResource(), **(resources or {})},
     )
 

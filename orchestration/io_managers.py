@@ -107,6 +107,10 @@ class LocalArtifactIOManager(ConfigurableIOManager):
     def load_input(self, context: InputContext) -> Any:
         asset_path = list(context.asset_key.path)
         if context.has_asset_partitions:
-            # Always {partition_key: value}, for partitioned and unpartitioned consumers alike.
-            return {key: read_value(self._base(asset_path, key)) for key in context.asset_partition_keys}
+            # Always {partition_key: value}, for partitioned and unpartitioned consumers alike. An input
+            # declared with metadata allow_missing_partitions=True skips partitions never materialized.
+            keys = list(context.asset_partition_keys)
+            if (context.definition_metadata or {}).get("allow_missing_partitions"):
+                keys = [k for k in keys if any(self._base(asset_path, k).with_suffix(e).exists() for e in _EXTENSIONS)]
+            return {key: read_value(self._base(asset_path, key)) for key in keys}
         return read_value(self._base(asset_path, None))

@@ -8,9 +8,16 @@ Assets in the ``analysis`` group (ablations, comparisons) are off the schedule: 
 
 from __future__ import annotations
 
-from dagster import AssetSelection, RunRequest, ScheduleEvaluationContext, define_asset_job, schedule
+from dagster import (
+    AssetSelection,
+    RunRequest,
+    ScheduleEvaluationContext,
+    build_schedule_from_partitioned_job,
+    define_asset_job,
+    schedule,
+)
 
-from .partitions import SCENARIOS
+from .partitions import SCENARIOS, instruction_day_partitions
 from .settings import current_settings
 
 PARTITION_RANGE_START = "dagster/asset_partition_range_start"
@@ -22,9 +29,24 @@ def all_scenarios_tags(scenarios: list[str] = SCENARIOS) -> dict[str, str]:
     return {PARTITION_RANGE_START: scenarios[0], PARTITION_RANGE_END: scenarios[-1]}
 
 
+ingest_job = define_asset_job(
+    "ingest",
+    selection=AssetSelection.groups("raw"),
+    description="Raw data and the unified interaction log, every gate included.",
+)
+
+daily_instructions_job = define_asset_job(
+    "daily_instructions",
+    selection=AssetSelection.assets("reasoning_instructions"),
+    partitions_def=instruction_day_partitions,
+    description="Slow thinking: the daily full refresh of every user's reasoning instruction.",
+)
+
 daily_retraining_job = define_asset_job(
     "daily_retraining",
-    selection=AssetSelection.all() - AssetSelection.groups("analysis"),
+    selection=AssetSelection.all()
+    - AssetSelection.groups("analysis")
+    - AssetSelection.assets("reasoning_instructions", "instruction_updates"),
     description="Every asset and gate, all scenarios, in one run (the scheduled retraining).",
 )
 
@@ -49,3 +71,14 @@ def daily_retraining_schedule(context: ScheduleEvaluationContext) -> RunRequest:
         run_key=f"daily-{scheduled:%Y-%m-%d}" if scheduled else None,
         tags={**all_scenarios_tags(), "oxyrec/trigger": "schedule"},
     )
+
+
+# Instructions for day D are generated at the start of D from everything before it: the run at
+# instructions_cron on day D materializes partition D.
+_cron_minute, _cron_hour = _schedule_settings.instructions_cron.split()[:2]
+daily_instructions_schedule = build_schedule_from_partitioned_job(
+    daily_instructions_job,
+    hour_of_day=int(_cron_hour),
+    minute_of_hour=int(_cron_minute),
+    description="Daily full refresh of the reasoning instructions (slow thinking).",
+)

@@ -130,6 +130,19 @@ class TextEmbedderResource(ConfigurableResource):
         return EmbeddingCache(path, dim=self.encoder.dim)
 
 
+class FeatureStoreResource(ConfigurableResource):
+    """The Feast repository: SQLite online store locally, Redis in production (``online="redis"``)."""
+
+    data_dir: str
+    online: str = "sqlite"
+    redis_url: str | None = None
+
+    def store(self):
+        from feature_repo.store import OxyFeatureStore  # imports Feast lazily (~7 s) on first use
+
+        return OxyFeatureStore(resolve_path(self.data_dir), online=self.online, redis_url=self.redis_url)
+
+
 class ArtifactStoreResource(ConfigurableResource):
     """The data directory seen by assets that keep versioned files beside their IO-managed value
     (codebooks, checkpoints, model repositories), or that read their own previous materialization."""
@@ -172,4 +185,9 @@ def default_resources(settings: Settings) -> dict:
             life_event_rate=synth.life_event_rate,
         ),
         "text_embedder": TextEmbedderResource(cache_dir=str(root / "cache" / "text_embeddings")),
+        "feature_store": FeatureStoreResource(
+            data_dir=str(root / settings.features.store_dir),
+            online=settings.features.online_store,
+            redis_url=settings.features.redis_url,
+        ),
     }

@@ -102,8 +102,44 @@ class SemanticIdSettings(_Section):
     gate: SemanticIdGate = SemanticIdGate()
 
 
+DEFAULT_SCENARIO_TEXTS = {
+    "homepage": "Homepage: broad, popular items matching the user's main interests.",
+    "product_detail": "Product page: items similar to the product being viewed.",
+    "cart": "Cart: complementary items that go with what is in the cart.",
+    "feed": "Feed: explore new categories beyond the usual interests.",
+    "search": "Search: items matching the user's query.",
+    "checkout": "Checkout: cheap add-ons to the order.",
+}
+
+
+class FeatureSettings(_Section):
+    """Feast features and the slow-thinking reasoner (fast-slow thinking)."""
+
+    store_dir: str = "feast"                 # relative to data.root
+    online_store: Literal["sqlite", "redis"] = "sqlite"
+    redis_url: str | None = None             # default: $OXYREC_REDIS_URL or 127.0.0.1:6379
+    n_short: int = Field(20, ge=1)
+    n_long: int = Field(100, ge=1)
+    instruction_window_days: int = Field(30, ge=1)
+    instruction_history_days: int | None = Field(None, ge=1)  # daily partitions kept; None: the whole data span
+    instruction_embedding: Literal["intents", "text"] = "intents"
+    reasoner: Literal["rules", "openai"] = "rules"
+    llm_base_url: str | None = None           # OpenAI-compatible endpoint; key from $OXYREC_LLM_API_KEY
+    llm_model: str | None = None
+    high_value_actions: list[str] = Field(default_factory=lambda: ["cart", "order"])
+    incremental_window_minutes: int = Field(5, ge=1)
+    scenario_texts: dict[str, str] = Field(default_factory=lambda: dict(DEFAULT_SCENARIO_TEXTS))
+
+    @model_validator(mode="after")
+    def _llm_needs_endpoint(self):
+        if self.reasoner == "openai" and not (self.llm_base_url and self.llm_model):
+            raise ValueError("features.reasoner 'openai' needs features.llm_base_url and features.llm_model")
+        return self
+
+
 class ScheduleSettings(_Section):
     retrain_cron: str = "0 3 * * *"
+    instructions_cron: str = "0 1 * * *"      # daily full refresh of the reasoning instructions
     timezone: str = "UTC"
 
 
@@ -114,6 +150,7 @@ class Settings(_Section):
     validation: ValidationSettings = ValidationSettings()
     embeddings: EmbeddingSettings = EmbeddingSettings()
     semantic_ids: SemanticIdSettings = SemanticIdSettings()
+    features: FeatureSettings = FeatureSettings()
     schedule: ScheduleSettings = ScheduleSettings()
 
     @property

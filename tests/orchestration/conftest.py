@@ -10,9 +10,14 @@ from models.data.synthetic import WorldConfig, generate_world, write_world
 from orchestration.io_managers import LocalArtifactIOManager
 from orchestration.params import ParamsResource
 from orchestration.settings import DEFAULT_CONFIG
-from orchestration.resources import ArtifactStoreResource, DataSourceResource, TextEmbedderResource
+from orchestration.resources import (
+    ArtifactStoreResource,
+    DataSourceResource,
+    FeatureStoreResource,
+    TextEmbedderResource,
+)
 
-SMALL_WORLD = dict(n_items=240, n_users=150, n_days=30, seed=3)
+SMALL_WORLD = dict(n_items=240, n_users=150, n_days=30, seed=3, start_date="2026-09-01")
 
 
 def small_params(root: Path, **overrides) -> str:
@@ -29,6 +34,7 @@ def small_params(root: Path, **overrides) -> str:
 
 
 def make_resources(root: Path, files_dir: Path | None = None, **param_overrides) -> dict:
+    """Every resource the Definitions use, pointed at ``root`` (tests must never touch ./data)."""
     source = (
         DataSourceResource(source="files", files_dir=str(files_dir))
         if files_dir
@@ -37,6 +43,7 @@ def make_resources(root: Path, files_dir: Path | None = None, **param_overrides)
     return {
         "io_manager": LocalArtifactIOManager(root=str(root)),
         "artifacts": ArtifactStoreResource(root=str(root)),
+        "feature_store": FeatureStoreResource(data_dir=str(root / "feast")),
         "data_source": source,
         "text_embedder": TextEmbedderResource(cache_dir=str(root / "cache")),
         "params": ParamsResource(config_path=small_params(root.parent / f"{root.name}-params", **param_overrides)),

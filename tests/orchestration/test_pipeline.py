@@ -14,10 +14,20 @@ from orchestration.partitions import SCENARIOS
 from .conftest import make_resources
 
 
-def run_daily(root, instance, files_dir=None):
+# The data and semantic-ID stages of the daily job (the feature stages have their own test module).
+CORE = [
+    "raw_items", "raw_users", "raw_interactions", "interaction_log", "catalog_embeddings",
+    "semantic_id_codebook", "item_semantic_ids", "sid_trie",
+]
+
+
+def run_daily(root, instance, files_dir=None, selection=CORE):
     defs = build_definitions(resources=make_resources(root, files_dir))
     return defs.resolve_job_def("daily_retraining").execute_in_process(
-        instance=instance, tags=all_scenarios_tags(), raise_on_error=False
+        instance=instance,
+        tags=all_scenarios_tags(),
+        asset_selection=[AssetKey(name) for name in selection],
+        raise_on_error=False,
     )
 
 
@@ -54,10 +64,7 @@ def good_run(tmp_path_factory, small_world_dir):
 
 def test_daily_run_builds_every_scenario_and_passes_gates(good_run, small_world_dir):
     root, result = good_run
-    assert {
-        "raw_items", "raw_users", "raw_interactions", "interaction_log", "catalog_embeddings",
-        "semantic_id_codebook", "item_semantic_ids", "sid_trie",
-    } == materialized(result)  # the analysis group stays off the daily job
+    assert set(CORE) == materialized(result)
     assert checks(result) == {
         "raw_items_gate": True, "raw_interactions_gate": True, "interaction_log_gate": True,
         "semantic_id_quality_gate": True,
@@ -162,8 +169,7 @@ def test_one_scenario_backfill_rewrites_only_that_partition(good_run, instance, 
 def test_synthetic_source_generates_once_into_the_data_dir(tmp_path, instance):
     root = tmp_path / "data"
     defs = build_definitions(resources=make_resources(root))
-    job = defs.resolve_job_def("daily_retraining")
-    result = job.execute_in_process(instance=instance, tags=all_scenarios_tags())
+    result = defs.resolve_job_def("ingest").execute_in_process(instance=instance, tags=all_scenarios_tags())
     assert result.success
     generated = list((root / "source").glob("synthetic-*/interactions.parquet"))
     assert len(generated) == 1
@@ -199,3 +205,12 @@ def test_degenerate_embeddings_fail_the_codebook_gate_and_block_training_inputs(
         assert (root / "item_semantic_ids" / "_.parquet").read_bytes() == sids_before
     finally:  # leave the shared good run as it was for other tests
         run_daily(root, instance, small_world_dir)
+
+
+def test_daily_jobs_cover_the_graph_and_leave_analysis_off():
+    defs = build_definitions()
+    daily = {k.to_user_string() for k in defs.resolve_job_def("daily_retraining").asset_layer.executable_asset_keys}
+    assert "semantic_id_comparison" not in daily and "reasoning_instructions" not in daily
+    assert {"training_examples", "online_features", *CORE} <= daily
+    instructions = defs.resolve_job_def("daily_instructions")
+    assert {k.to_user_string() for k in instructions.asset_layer.executable_asset_keys} == {"reasoning_instructions"}

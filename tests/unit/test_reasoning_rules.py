@@ -204,3 +204,32 @@ def test_embed_instructions_reuses_the_text_cache(tmp_path):
         embed_instructions(["ok", ""], enc)
     with pytest.raises(ValueError, match="dim"):
         embed_instructions(["ok"], enc, EmbeddingCache(tmp_path / "other.npz", dim=4))
+
+
+def test_intent_embedding_mixes_target_phrases_by_weight():
+    import hashlib
+
+    from models.reasoning.embed import embed_intents
+    from models.reasoning.rules import Instruction, Intent
+
+    class Fake:
+        name, dim = "fake", 8
+
+        def __init__(self):
+            self.seen = []
+
+        def encode(self, texts, batch_size=128):
+            self.seen += list(texts)
+            v = np.array([np.frombuffer(hashlib.sha256(t.encode()).digest()[:8], np.uint8) for t in texts], np.float32)
+            return v / np.linalg.norm(v, axis=1, keepdims=True)
+
+    enc = Fake()
+    a = Instruction("u1", "x", (Intent("life_event:new_baby", ("strollers", "baby_care"), 0.75), Intent("popular", ("toys",), 0.25)), "v")
+    b = Instruction("u2", "plain text only", (), "v")
+    out = embed_intents([a, b, a], enc)
+    assert sorted(enc.seen) == ["baby care", "plain text only", "strollers", "toys"]  # each phrase once
+    phrase = dict(zip(enc.seen, enc.encode(enc.seen)))
+    expected = 0.375 * phrase["strollers"] + 0.375 * phrase["baby care"] + 0.25 * phrase["toys"]
+    np.testing.assert_allclose(out[0], expected / np.linalg.norm(expected), atol=1e-6)
+    np.testing.assert_allclose(out[1], phrase["plain text only"], atol=1e-6)
+    np.testing.assert_array_equal(out[0], out[2])

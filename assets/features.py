@@ -1,0 +1,281 @@
+"""Feast features and fast-slow thinking.
+
+Slow path: ``reasoning_instructions`` (daily partitions; a full refresh of every user at the start of each
+day) and the near-line ``instruction_updates`` (sensor-triggered, only users with a fresh cart/order action).
+Fast path inputs: ``feature_sources`` -> ``feast_registry`` (feast apply) -> ``online_features``
+(materialized to SQLite or Redis), and the point-in-time ``training_examples`` for SFT.
+"""
+
+import datetime as dt
+import time
+
+import numpy as np
+import pandas as pd
+import pyarrow.parquet as pq
+from dagster import AssetExecutionContext, AssetIn, BackfillPolicy, Config, MetadataValue, asset
+
+from models.features import (
+    item_features_table,
+    long_term_table,
+    reasoning_instruction_table,
+    scenario_instruction_table,
+    short_term_table,
+    training_entities,
+    user_profile_table,
+)
+from models.reasoning import RuleBasedReasoner
+from models.reasoning.refresh import refresh_instructions
+from orchestration.params import ParamsResource
+from orchestration.partitions import SCENARIOS, instruction_day_partitions
+from orchestration.resources import ArtifactStoreResource, FeatureStoreResource, TextEmbedderResource
+from orchestration.settings import DEFAULT_SCENARIO_TEXTS, Settings
+
+from ._metadata import md
+
+GROUP = "features"
+# Observable profile columns only: the synthetic world also stores its hidden ground truth per user
+# (life_event, top_interests, ...), which no feature may see.
+HIDDEN_PROFILE_COLUMNS = {"life_event", "life_event_day", "top_interests"}
+
+
+def make_reasoner(settings: Settings, artifacts: ArtifactStoreResource):
+    section = settings.features
+    if section.reasoner == "openai":
+        from models.reasoning import OpenAICompatibleReasoner
+
+        return OpenAICompatibleReasoner(
+            base_url=section.llm_base_url,
+            model=section.llm_model,
+            cache_dir=str(artifacts.asset_dir("cache") / "llm"),
+            fallback=RuleBasedReasoner(),
+        )
+    return RuleBasedReasoner()
+
+
+def day_start(partition_key: str) -> int:
+    return int(dt.datetime.fromisoformat(partition_key).replace(tzinfo=dt.timezone.utc).timestamp())
+
+
+@asset(group_name=GROUP, kinds={"pandas"}, code_version="1")
+def scenario_instructions(
+    context: AssetExecutionContext, params: ParamsResource, text_embedder: TextEmbedderResource
+) -> pd.DataFrame:
+    """The scenario instruction Is of every scenario partition: its text and MiniLM embedding."""
+    texts = params.settings.features.scenario_texts or DEFAULT_SCENARIO_TEXTS
+    rows = {s: texts.get(s, f"{s.replace('_', ' ').capitalize()}: recommendations for this scenario.") for s in SCENARIOS}
+    vectors = text_embedder.encoder.encode(list(rows.values()))
+    frame = pd.DataFrame({"scenario": list(rows), "scenario_text": list(rows.values())})
+    frame["scenario_embedding"] = list(vectors.astype(np.float32))
+    context.add_output_metadata({"scenarios": md(frame[["scenario", "scenario_text"]])})
+    return frame
+
+
+@asset(
+    group_name=GROUP,
+    partitions_def=instruction_day_partitions,
+    backfill_policy=BackfillPolicy.single_run(),
+    kinds={"pandas"},
+    code_version="1",
+)
+def reasoning_instructions(
+    context: AssetExecutionContext,
+    interaction_log: pd.DataFrame,
+    raw_items: pd.DataFrame,
+    raw_users: pd.DataFrame,
+    params: ParamsResource,
+    text_embedder: TextEmbedderResource,
+    artifacts: ArtifactStoreResource,
+) -> dict[str, pd.DataFrame]:
+    """Daily full refresh: every user with history gets a Contextual Reasoning Instruction generated at the
+    start of the day from everything before it (point-in-time), embedded with MiniLM."""
+    settings = params.settings
+    reasoner = make_reasoner(settings, artifacts)
+    cache = text_embedder.cache()
+    out = {}
+    for day in context.partition_keys:
+        start = time.perf_counter()
+        frame = refresh_instructions(
+            interaction_log, raw_items, raw_users, day_start(day), reasoner, text_embedder.encoder, cache=cache,
+            window_days=settings.features.instruction_window_days, embedding=settings.features.instruction_embedding,
+        )
+        out[day] = frame
+        context.log.info(f"{day}: {len(frame)} instructions in {time.perf_counter() - start:.1f} s")
+    cache.save()
+    last = out[context.partition_keys[-1]]
+    example = last.iloc[0] if len(last) else None
+    context.add_output_metadata(
+        {
+            "days": len(out),
+            "instructions": int(sum(len(f) for f in out.values())),
+            "generator_version": getattr(reasoner, "version", ""),
+            "example_user": str(example["user_id"]) if example is not None else "",
+            "example_instruction": MetadataValue.md(str(example["instruction_text"])) if example is not None else "",
+        }
+    )
+    return out
+
+
+@asset(
+    group_name=GROUP,
+    ins={"reasoning_instructions": AssetIn(metadata={"allow_missing_partitions": True})},
+    kinds={"feast", "parquet"},
+    code_version="1",
+)
+def feature_sources(
+    context: AssetExecutionContext,
+    interaction_log: pd.DataFrame,
+    raw_users: pd.DataFrame,
+    raw_items: pd.DataFrame,
+    item_semantic_ids: pd.DataFrame,
+    scenario_instructions: pd.DataFrame,
+    reasoning_instructions: dict[str, pd.DataFrame],
+    params: ParamsResource,
+    feature_store: FeatureStoreResource,
+) -> dict:
+    """Feast source tables (point-in-time stamped) written to the offline store."""
+    section = params.settings.features
+    profile_columns = [c for c in raw_users.columns if c != "user_id" and c not in HIDDEN_PROFILE_COLUMNS]
+    instructions = [f for f in reasoning_instructions.values() if len(f)]
+    tables = {
+        "user_profile": user_profile_table(raw_users, columns=profile_columns),
+        "user_short_term": short_term_table(interaction_log, item_semantic_ids, n_short=section.n_short),
+        "user_long_term": long_term_table(interaction_log, n_long=section.n_long),
+        "item_features": item_features_table(raw_items, item_semantic_ids, interaction_log),
+        "scenario_instruction": scenario_instruction_table(
+            dict(zip(scenario_instructions["scenario"], scenario_instructions["scenario_text"])),
+            np.stack(scenario_instructions["scenario_embedding"].to_numpy()),
+        ),
+        "reasoning_instruction": reasoning_instruction_table(
+            pd.concat(instructions, ignore_index=True) if instructions else
+            pd.DataFrame(columns=["user_id", "instruction_text", "instruction_embedding", "generated_at"])
+        ),
+    }
+    paths = feature_store.store().write_sources(tables)
+    rows = {name: len(frame) for name, frame in tables.items()}
+    context.add_output_metadata(
+        {"rows": MetadataValue.json(rows), "profile_columns": MetadataValue.json(profile_columns),
+         "instruction_days": len(instructions)}
+    )
+    return {"paths": {k: str(v) for k, v in paths.items()}, "rows": rows}
+
+
+@asset(group_name=GROUP, deps=["feature_sources"], kinds={"feast"}, code_version="1")
+def feast_registry(context: AssetExecutionContext, feature_store: FeatureStoreResource) -> dict:
+    """``feast apply``: entities, feature views and feature services in the registry."""
+    summary = feature_store.store().apply()
+    context.add_output_metadata({"registry": MetadataValue.json(summary)})
+    return summary
+
+
+@asset(group_name=GROUP, deps=["feast_registry"], kinds={"feast", "sqlite"}, code_version="1")
+def online_features(context: AssetExecutionContext, feature_store: FeatureStoreResource) -> dict:
+    """Materialize the latest feature values into the online store (SQLite locally, Redis in production)."""
+    store = feature_store.store()
+    start = time.perf_counter()
+    report = store.materialize()
+    seconds = time.perf_counter() - start
+    users = pq.read_table(store.source_path("reasoning_instruction"), columns=["user_id"]).column(0).to_pylist()
+    example_user = str(users[-1]) if users else "unknown-user"
+    online = store.online_features(example_user, SCENARIOS[0])
+    context.add_output_metadata(
+        {
+            "online_store": feature_store.online,
+            "seconds": round(seconds, 2),
+            "example_user": example_user,
+            "example_instruction": MetadataValue.md(str(online.get("instruction_text") or "(default instruction)")),
+            "example_short_len": int(online.get("short_len") or 0),
+        }
+    )
+    return {"online_store": feature_store.online, "materialize": report, "example_user": example_user,
+            "example_instruction": online.get("instruction_text")}
+
+
+@asset(group_name=GROUP, deps=["feast_registry"], kinds={"feast", "parquet"}, code_version="1")
+def training_examples(
+    context: AssetExecutionContext, interaction_log: pd.DataFrame, feature_store: FeatureStoreResource
+) -> pd.DataFrame:
+    """Point-in-time-correct SFT examples: one row per target interaction (leave-last-out split), with
+    the features as they were just before it, from Feast ``get_historical_features``."""
+    entities = training_entities(interaction_log)
+    entities = entities[entities["position"] >= 1].reset_index(drop=True)  # a first event has no history
+    start = time.perf_counter()
+    frame = feature_store.store().historical_features(entities, service="training")
+    seconds = time.perf_counter() - start
+    splits = frame["split"].value_counts().to_dict()
+    context.add_output_metadata(
+        {
+            "dagster/row_count": len(frame),
+            "splits": MetadataValue.json(splits),
+            "with_instruction": float(frame["has_instruction"].mean()) if len(frame) else 0.0,
+            "seconds": round(seconds, 1),
+        }
+    )
+    return frame
+
+
+class InstructionUpdateConfig(Config):
+    """What the high-value-action sensor hands over: the affected users and the event files it read."""
+
+    user_ids: list[str]
+    event_files: list[str] = []
+
+
+def read_event_files(paths: list[str]) -> pd.DataFrame:
+    """New interaction events landed by the application (JSON lines in the standard interaction schema)."""
+    from models.data.loaders import to_str_ids, to_unix_seconds
+
+    frames = [pd.read_json(p, lines=True, dtype=False) for p in paths if p]
+    if not frames:
+        return pd.DataFrame()
+    events = pd.concat(frames, ignore_index=True)
+    missing = [c for c in ("user_id", "item_id", "timestamp", "scenario", "action") if c not in events.columns]
+    if missing:
+        raise ValueError(f"event files {paths}: missing column(s) {missing}")
+    for column in ("user_id", "item_id"):
+        events[column] = to_str_ids(events[column])
+    events["timestamp"] = to_unix_seconds(events["timestamp"], file=",".join(paths), column="timestamp")
+    events["query"] = events.get("query", "").fillna("") if "query" in events else ""
+    return events
+
+
+@asset(group_name=GROUP, deps=["online_features"], kinds={"feast"}, code_version="1")
+def instruction_updates(
+    context: AssetExecutionContext,
+    config: InstructionUpdateConfig,
+    interaction_log: pd.DataFrame,
+    raw_items: pd.DataFrame,
+    raw_users: pd.DataFrame,
+    params: ParamsResource,
+    text_embedder: TextEmbedderResource,
+    feature_store: FeatureStoreResource,
+    artifacts: ArtifactStoreResource,
+) -> pd.DataFrame:
+    """Near-line update: regenerate the instructions of just the users with fresh cart/order actions (the
+    log plus the newly landed events, as of now) and push them to the online store."""
+    settings = params.settings
+    events = read_event_files(config.event_files)
+    log = pd.concat([interaction_log, events], ignore_index=True) if len(events) else interaction_log
+    now = int(time.time())
+    frame = refresh_instructions(
+        log, raw_items, raw_users, now + 1, make_reasoner(settings, artifacts), text_embedder.encoder,
+        cache=text_embedder.cache(), user_ids=config.user_ids,
+        window_days=settings.features.instruction_window_days, embedding=settings.features.instruction_embedding,
+    )
+    store = feature_store.store()
+    pushed = store.push_instructions(frame)
+    readable = time.time()
+    # action -> readable-online delay, per user: from their latest landed high-value action
+    if len(events):
+        latest = events[events["action"].isin(settings.features.high_value_actions)].groupby("user_id")["timestamp"].max()
+        delays = (readable - latest.reindex(frame["user_id"]).dropna()).to_numpy()
+    else:
+        delays = np.array([])
+    context.add_output_metadata(
+        {
+            "users_updated": pushed,
+            "action_to_online_p50_s": float(np.median(delays)) if len(delays) else 0.0,
+            "action_to_online_max_s": float(delays.max()) if len(delays) else 0.0,
+            "example": MetadataValue.md(str(frame["instruction_text"].iloc[0])) if len(frame) else "",
+        }
+    )
+    return frame.drop(columns=["instruction_embedding"])

@@ -1,0 +1,132 @@
+"""Fast-slow thinking through Dagster: ingest, daily instructions, Feast registry, online store, training set."""
+
+import numpy as np
+import pandas as pd
+import pytest
+from dagster import DagsterInstance
+
+from orchestration.definitions import build_definitions
+from orchestration.jobs import PARTITION_RANGE_END, PARTITION_RANGE_START, all_scenarios_tags
+from orchestration.partitions import instruction_day_partitions
+
+from .conftest import make_resources
+
+FEATURE_STAGES = ["scenario_instructions", "feature_sources", "feast_registry", "online_features", "training_examples"]
+
+
+@pytest.fixture(scope="module")
+def pipeline(tmp_path_factory, small_world_dir):
+    root = tmp_path_factory.mktemp("features") / "data"
+    defs = build_definitions(resources=make_resources(root, small_world_dir))
+    # The small world spans 30 days from its own start; instructions for its last week are enough here.
+    world_days = pd.to_datetime(pd.read_parquet(small_world_dir / "interactions.parquet")["timestamp"], unit="s")
+    days = [d for d in instruction_day_partitions.get_partition_keys()
+            if world_days.min().strftime("%Y-%m-%d") < d <= (world_days.max() + pd.Timedelta(days=1)).strftime("%Y-%m-%d")]
+    with DagsterInstance.ephemeral() as instance:
+        runs = [
+            defs.resolve_job_def("ingest").execute_in_process(instance=instance, tags=all_scenarios_tags()),
+            defs.resolve_job_def("daily_instructions").execute_in_process(
+                instance=instance, tags={PARTITION_RANGE_START: days[-7], PARTITION_RANGE_END: days[-1]}
+            ),
+            defs.resolve_job_def("daily_retraining").execute_in_process(instance=instance, tags=all_scenarios_tags()),
+        ]
+    assert all(r.success for r in runs)
+    return root, runs, days[-7:]
+
+
+def test_feature_stages_all_materialize(pipeline):
+    _, runs, _ = pipeline
+    built = {e.asset_key.to_user_string() for e in runs[2].get_asset_materialization_events()}
+    assert set(FEATURE_STAGES) <= built
+
+
+def test_daily_instructions_are_point_in_time_and_embedded(pipeline):
+    root, _, days = pipeline
+    log = pd.read_parquet(root / "interaction_log" / "_.parquet")
+    for day in days:
+        frame = pd.read_parquet(root / "reasoning_instructions" / f"{day}.parquet")
+        start = int(pd.Timestamp(day, tz="UTC").timestamp())
+        assert (frame["generated_at"] == start).all()
+        # every user with history before the day, and nobody else
+        assert set(frame["user_id"]) == set(log.loc[log["timestamp"] < start, "user_id"])
+        vectors = np.stack(frame["instruction_embedding"].to_numpy())
+        assert vectors.shape[1] == 384 and np.allclose(np.linalg.norm(vectors, axis=1), 1, atol=1e-4)
+        assert frame["instruction_text"].str.len().min() > 20
+
+
+def test_online_store_serves_the_latest_instruction_and_defaults_unknown_users(pipeline):
+    root, _, days = pipeline
+    from feature_repo.store import OxyFeatureStore
+
+    store = OxyFeatureStore(root / "feast")
+    last = pd.read_parquet(root / "reasoning_instructions" / f"{days[-1]}.parquet")
+    user = last["user_id"].iloc[0]
+    online = store.online_features(user, "cart")
+    assert online["has_instruction"] and online["instruction_text"] == last["instruction_text"].iloc[0]
+    np.testing.assert_allclose(online["instruction_embedding"], last["instruction_embedding"].iloc[0], atol=1e-6)
+    unknown = store.online_features("nobody-ever", "cart")
+    assert unknown["has_instruction"] is False or not unknown["has_instruction"]
+    with pytest.raises((TypeError, ValueError), match="user_id"):
+        store.online_features(12345, "cart")
+
+
+def test_training_examples_never_see_the_future(pipeline):
+    root, _, _ = pipeline
+    examples = pd.read_parquet(root / "training_examples" / "_.parquet")
+    assert set(examples["split"]) == {"train", "valid", "test"}
+    with_instruction = examples[examples["has_instruction"]]
+    assert len(with_instruction) > 0
+    assert (with_instruction["generated_at"] < with_instruction["target_timestamp"]).all()
+    # the target itself is never part of the history it is predicted from
+    log = pd.read_parquet(root / "interaction_log" / "_.parquet")
+    last_test = examples[examples["split"] == "test"].iloc[0]
+    history = log[(log["user_id"] == last_test["user_id"]) & (log["timestamp"] < last_test["target_timestamp"])
+                  & (log["scenario"] == last_test["scenario"])]
+    assert list(last_test["short_item_ids"]) == list(history["item_id"].tail(len(last_test["short_item_ids"])))
+
+
+def test_high_value_action_updates_only_affected_users_online(pipeline, tmp_path):
+    import json
+    import time
+
+    from feature_repo.store import OxyFeatureStore
+    from orchestration.sensors import evaluate_landing
+
+    root, _, _ = pipeline
+    store = OxyFeatureStore(root / "feast")
+    log = pd.read_parquet(root / "interaction_log" / "_.parquet")
+    items = pd.read_parquet(root / "raw_items" / "_.parquet")
+    users = sorted(log["user_id"].unique())
+    actor, bystander = users[0], users[1]
+    before = {u: store.online_features(u, "cart") for u in (actor, bystander)}
+
+    landing = tmp_path / "incoming"
+    landing.mkdir()
+    now = int(time.time())
+    stroller = items.loc[items["title"].str.contains("stroller", case=False), "item_id"]
+    item = stroller.iloc[0] if len(stroller) else items["item_id"].iloc[0]
+    events = [
+        {"user_id": actor, "item_id": item, "timestamp": now, "scenario": "cart", "action": "order"},
+        {"user_id": bystander, "item_id": item, "timestamp": now, "scenario": "feed", "action": "view"},
+    ]
+    (landing / "batch-0001.jsonl").write_text("\n".join(json.dumps(e) for e in events))
+
+    request, cursor = evaluate_landing(landing, None, ["cart", "order"], 300, now)
+    assert request is not None
+    config = request.run_config["ops"]["instruction_updates"]["config"]
+    assert config["user_ids"] == [actor]  # a view is not a high-value action
+    again, _ = evaluate_landing(landing, cursor, ["cart", "order"], 300, now)
+    assert again is None  # the cursor makes each file count once
+
+    defs = build_definitions(resources=make_resources(root, None))
+    with DagsterInstance.ephemeral() as instance:
+        result = defs.resolve_job_def("instruction_updates_job").execute_in_process(
+            instance=instance, run_config=request.run_config
+        )
+    assert result.success
+    after = {u: store.online_features(u, "cart") for u in (actor, bystander)}
+    assert after[actor]["generated_at"] > before[actor]["generated_at"]
+    assert after[actor]["instruction_text"] != before[actor]["instruction_text"]
+    assert after[bystander] == before[bystander]
+    meta = result.get_asset_materialization_events()[0].step_materialization_data.materialization.metadata
+    assert 0 <= meta["action_to_online_p50_s"].value < 120
