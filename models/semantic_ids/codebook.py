@@ -485,7 +485,10 @@ def fit_encode(embeddings, config: RQKMeansConfig = RQKMeansConfig()) -> tuple[S
     x = as_float32_matrix(embeddings, chunk_size=config.chunk_size)
     fit = fit_rq_kmeans(x, config)
     centroids = tuple(c.numpy() for c in fit.centroids)
-    codes, sq = rq_encode(x, fit.centroids, config.chunk_size, return_sq_err=True)
+    if fit.sample_rows is None:  # fitted on all rows: the fit already encoded them
+        codes, sq = fit.codes.numpy(), fit.sq_err.numpy()
+    else:
+        codes, sq = rq_encode(x, fit.centroids, config.chunk_size, return_sq_err=True)
     mean, total_var = _mean_and_total_var(x, config.chunk_size)
     cb = SemanticIdCodebook(
         centroids=centroids,

@@ -12,8 +12,9 @@ i.e. after levels < l are fitted and applied.
 
 K-means per level (all float32, all chunked over rows so N x K never has to fit in memory):
 
-* squared distances: d(x, c) = ||x||^2 - 2 x.c + ||c||^2, computed block-wise with torch.matmul
-  on `chunk_size` rows at a time and clamped at 0 (rounding can make it slightly negative).
+* squared distances: d(x, c) = ||x||^2 - 2 x.c + ||c||^2, computed block-wise (one torch.addmm
+  of `chunk_size` rows x K centres at a time, float32) and clamped at 0 (rounding can make it
+  slightly negative). For argmin only ||c||^2 - 2 x.c is needed; ||x||^2 is added afterwards.
 * init: batched greedy k-means++. The first centre is a uniform random row; the remaining K-1
   are chosen in `init_rounds` rounds of B = ceil((K-1) / init_rounds) centres each. For each of
   the B slots, T = 2 + floor(ln K) candidates are drawn with probability p(x) = D(x)^2 / sum D^2,
@@ -29,14 +30,16 @@ K-means per level (all float32, all chunked over rows so N x K never has to fit 
 * Lloyd step: assign every row to a centre, then C[k] = mean of rows assigned to k.
   - assignment="plain":    a_i = argmin_k d(x_i, C[k]) (standard k-means).
   - assignment="balanced": entropic optimal transport (Sinkhorn) with uniform cluster marginals.
-    With cost M_ik = d(x_i, C[k]) / s (s = mean distance of rows to their centre at the
-    previous step, which makes `sinkhorn_eps` scale free), log-kernel G = -M / eps, row
+    With cost M_ik = d(x_i, C[k]) / s (s = mean distance of rows to their nearest centre at
+    the previous step, which makes `sinkhorn_eps` scale free), log-kernel G = -M / eps, row
     marginal a_i = 1/N and column marginal b_k = 1/K, the log-domain updates are
         u_i = log a_i - logsumexp_k(G_ik + v_k)
         v_k = log b_k - logsumexp_i(G_ik + u_i)
     run for `sinkhorn_iters` passes (v is warm-started from the previous Lloyd step, so
     a few passes per step suffice), then a_i = argmax_k (G_ik + v_k). v_k acts as a
     per-cluster price: crowded clusters get cheaper to leave, which fights hot codes.
+    Cost: sinkhorn_iters + 1 passes over the N x K logits per Lloyd step (the logits are
+    cached when N K <= 2^26, else recomputed), so balanced fitting is several times slower.
 * empty clusters: re-seeded with the rows farthest from their assigned centre (top-E by
   distance for E empty clusters): this splits the cluster that is worst explained.
 * stop when the relative change of inertia J_t (sum of assigned distances) is small,
@@ -127,6 +130,11 @@ class RQKMeansFit:
     n_iter: list[int] = field(default_factory=list)  # Lloyd steps run per level
     inertia: list[float] = field(default_factory=list)  # final sum of distances per level (fit rows)
     n_fit: int = 0  # rows used for fitting
+    # Codes (n_fit, L) and squared residual norms ||r_l||^2 (n_fit, L) of the fit rows, and the
+    # indices of those rows in the input (None = all rows, in order).
+    codes: torch.Tensor | None = None
+    sq_err: torch.Tensor | None = None
+    sample_rows: torch.Tensor | None = None
 
     @property
     def codebook_sizes(self) -> tuple[int, ...]:
@@ -386,6 +394,7 @@ def fit_rq_kmeans(embeddings, config: RQKMeansConfig = RQKMeansConfig()) -> RQKM
     x = as_float32_matrix(embeddings, chunk_size=config.chunk_size)
     n = x.shape[0]
     gen = torch.Generator().manual_seed(config.seed)
+    rows = None
     if config.fit_sample_size is not None and config.fit_sample_size < n:
         rows = torch.randperm(n, generator=gen)[: config.fit_sample_size].sort().values
         x = x[rows]
@@ -407,14 +416,19 @@ def fit_rq_kmeans(embeddings, config: RQKMeansConfig = RQKMeansConfig()) -> RQKM
         k = k_new
 
     residual = x.clone()  # the caller's array is never modified
-    fit = RQKMeansFit(centroids=[], n_fit=n_fit)
-    for _ in range(config.levels):
+    fit = RQKMeansFit(centroids=[], n_fit=n_fit, sample_rows=rows)
+    codes = torch.empty((n_fit, config.levels), dtype=torch.int64)
+    sq_err = torch.empty((n_fit, config.levels), dtype=torch.float32)
+    for lvl in range(config.levels):
         c, n_iter, inertia = fit_kmeans(residual, k, config, gen)
-        idx, _ = nearest_centroid(residual, c, config.chunk_size)
-        residual.sub_(c[idx])  # encoding is nearest-centroid, so the next level sees those residuals
+        # Same rule and chunking as rq_encode, so these are the codes encode() gives the fit rows.
+        codes[:, lvl], _ = nearest_centroid(residual, c, config.chunk_size)
+        residual.sub_(c[codes[:, lvl]])  # the next level is fitted on these residuals
+        sq_err[:, lvl] = row_sq_norms(residual, config.chunk_size)
         fit.centroids.append(c)
         fit.n_iter.append(n_iter)
         fit.inertia.append(inertia)
+    fit.codes, fit.sq_err = codes, sq_err
     return fit
 
 
@@ -441,11 +455,11 @@ def rq_encode(
     for s, e in _blocks(n, chunk_size):
         r = x[s:e].clone()
         for lvl, (c, c_sq) in enumerate(zip(centroids, c_sqs)):
-            idx = _partial_distances(r, c, c_sq).argmin(dim=1)
+            idx = torch.min(_partial_distances(r, c, c_sq), dim=1).indices  # as nearest_centroid
             codes[s:e, lvl] = idx
             r.sub_(c[idx])
             if sq_err is not None:
-                sq_err[s:e, lvl] = (r * r).sum(dim=1)
+                sq_err[s:e, lvl] = torch.linalg.vector_norm(r, dim=1).square_()
     if return_sq_err:
         return codes.numpy(), sq_err.numpy()
     return codes.numpy()
