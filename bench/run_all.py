@@ -7,6 +7,14 @@ import sys
 
 BENCHMARKS = [
     ["-m", "bench.embeddings"],
+    ["bench/semantic_ids.py"],
+    ["bench/decoding.py"],
+    ["-m", "bench.reasoning"],
+    ["-m", "bench.feast_online"],
+    ["-m", "bench.incremental_instructions"],
+    ["bench/sasrec_movielens.py"],
+    ["bench/sft.py"],
+    ["bench/triton_serving.py"],
 ]
 
 
