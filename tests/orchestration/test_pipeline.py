@@ -214,3 +214,18 @@ def test_daily_jobs_cover_the_graph_and_leave_analysis_off():
     assert {"training_examples", "online_features", *CORE} <= daily
     instructions = defs.resolve_job_def("daily_instructions")
     assert {k.to_user_string() for k in instructions.asset_layer.executable_asset_keys} == {"reasoning_instructions"}
+
+
+def test_production_profile_is_valid_config():
+    from orchestration.settings import PROJECT_ROOT, load_settings
+
+    settings = load_settings(PROJECT_ROOT / "deploy" / "params.production.yaml")
+    assert settings.features.online_store == "redis" and settings.features.reasoner == "openai"
+    assert settings.semantic_ids.codebook_size == 8192
+
+
+def test_tests_override_every_resource(tmp_path):
+    from orchestration.resources import default_resources
+    from orchestration.settings import current_settings
+
+    assert set(make_resources(tmp_path / "data")) == set(default_resources(current_settings())) | {"params"}
