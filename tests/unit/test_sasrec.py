@@ -1,0 +1,138 @@
+"""SASRec: causality, padding invariance, learning a trivial rule, Lightning training determinism."""
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+from models.eval.metrics import ranking_metrics
+from models.eval.split import leave_last_out
+from models.lightning.sasrec_module import SASRecModule, train_sasrec
+from models.lightning.sequence_data import SequenceDataModule, train_tensors
+from models.nn.sasrec import SASRec, SASRecConfig, left_pad
+
+SMALL = SASRecConfig(hidden=32, n_blocks=2, n_heads=2, max_len=12, dropout=0.0)
+
+
+def _model(seed=0, cfg=SMALL, n_items=30):
+    torch.manual_seed(seed)
+    return SASRec(n_items, cfg).eval()
+
+
+def test_causal_masking():
+    model = _model()
+    g = torch.Generator().manual_seed(1)
+    seqs = torch.randint(1, 31, (4, 12), generator=g)
+    changed = seqs.clone()
+    changed[:, 7] = (changed[:, 7] % 30) + 1  # a different item at position 7
+    with torch.no_grad():
+        a, b = model(seqs), model(changed)
+    torch.testing.assert_close(a[:, :7], b[:, :7], rtol=0, atol=1e-6)  # earlier positions untouched
+    assert (a[:, 7:] - b[:, 7:]).abs().amax() > 1e-3  # later ones do depend on it
+
+
+def test_padding_invariance():
+    model = _model()
+    seq = [3, 9, 4, 17, 5]
+    with torch.no_grad():
+        short = model(left_pad([seq], 5))[0]
+        padded = model(left_pad([seq], 12))[0, -5:]
+        # in a batch next to a longer sequence, padded to that length
+        batch = model(left_pad([seq, list(range(1, 13))], 12))[0, -5:]
+    torch.testing.assert_close(short, padded, rtol=0, atol=1e-5)
+    torch.testing.assert_close(short, batch, rtol=0, atol=1e-5)
+    assert torch.isfinite(model(left_pad([[], seq], 12))).all()  # all-padding rows give no NaN
+
+
+def test_left_pad_keeps_last_items():
+    out = left_pad([np.array([1, 2, 3, 4]), np.array([7])], 3)
+    assert out.tolist() == [[2, 3, 4], [0, 0, 7]]
+
+
+def _successor_sequences(n_items=20, n_seqs=64, length=12, seed=0):
+    # item i is always followed by i % n_items + 1 (a cycle)
+    starts = np.random.default_rng(seed).integers(0, n_items, n_seqs)
+    return [(s + np.arange(length)) % n_items + 1 for s in starts]
+
+
+def test_learns_next_item_rule():
+    torch.manual_seed(0)
+    cfg = SASRecConfig(hidden=32, n_blocks=1, n_heads=1, max_len=12, dropout=0.1)
+    model = SASRec(20, cfg)
+    t = train_tensors(_successor_sequences(), cfg.max_len)
+    opt = torch.optim.Adam(model.parameters(), lr=1e-2)
+    losses = []
+    for _ in range(30):
+        loss = model.loss(t["inputs"], t["targets"])
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        losses.append(loss.item())
+    assert losses[0] > 2.5 and losses[-1] < 0.15 * losses[0]
+    hist = _successor_sequences(n_seqs=32, length=6, seed=1)
+    targets = np.array([h[-1] % 20 + 1 for h in hist])
+    ranked = model.recommend(hist, 5)
+    assert ranked.shape == (32, 5)
+    assert ranking_metrics(ranked, targets, ks=(1,))["hr@1"] > 0.9
+    assert model.training  # recommend restores the training mode
+
+
+def test_recommend_excludes_full_history():
+    model = _model()
+    hist = [np.arange(1, 26), np.array([4])]  # first history is longer than max_len
+    ranked = model.recommend(hist, 5, exclude_seen=True).numpy()
+    assert set(ranked[0]) <= set(range(26, 31))
+    assert 4 not in ranked[1] and 0 not in ranked[1]
+    kept = model.recommend(hist, 29).numpy()
+    assert 0 not in kept
+
+
+def test_config_validation():
+    with pytest.raises(ValueError, match="divisible"):
+        SASRecConfig(hidden=30, n_heads=4)
+    with pytest.raises(ValueError, match="dropout"):
+        SASRecConfig(dropout=1.0)
+    with pytest.raises(ValueError, match="max_len"):
+        _model()(torch.ones(1, 13, dtype=torch.long))
+
+
+def _tiny_split():
+    rows = []
+    for u, seq in enumerate(_successor_sequences(n_items=15, n_seqs=40, length=10, seed=3)):
+        rows += [(f"u{u}", f"i{item}", t, "s0" if u % 2 else "s1") for t, item in enumerate(seq)]
+    return leave_last_out(pd.DataFrame(rows, columns=["user_id", "item_id", "timestamp", "scenario"]))
+
+
+def test_data_module_shapes():
+    data = SequenceDataModule(_tiny_split(), max_len=8, batch_size=16)
+    data.setup()
+    batch = next(iter(data.train_dataloader()))
+    assert batch["inputs"].shape == (16, 8) and batch["targets"].shape == (16, 8)
+    # targets are the inputs shifted by one: targets[t] == inputs[t + 1] wherever there is a target
+    has = batch["targets"][:, :-1] != 0
+    assert torch.equal(batch["targets"][:, :-1][has], batch["inputs"][:, 1:][has])
+    assert (batch["inputs"][:, 0] == 0).all()  # 8 train items -> 7 inputs, left-padded to 8
+    val = next(iter(data.val_dataloader()))
+    assert (val["targets"][:, :-1] == 0).all() and (val["targets"][:, -1] > 0).all()
+    assert val["seen"].shape == (40, 8)  # full train history: 10 - 2 items
+
+
+def test_lightning_training_is_deterministic(tmp_path):
+    split = _tiny_split()
+    cfg = SASRecConfig(hidden=16, n_blocks=1, max_len=8, batch_size=16, dropout=0.2, seed=7, patience=5)
+    _, m1 = train_sasrec(split, cfg, max_epochs=2, default_root_dir=tmp_path / "a")
+    model, m2 = train_sasrec(split, cfg, max_epochs=2, default_root_dir=tmp_path / "b")
+    for key in m1:
+        if key != "train_seconds":
+            assert m1[key] == m2[key], key
+    assert m1["epochs"] == 2 and "test/ndcg@10" in m1 and "test_excl_seen/hr@10" in m1
+    # targets never repeat a history item here, so dropping seen items can only move them up
+    for k in (1, 5, 10):
+        assert m1[f"test_excl_seen/hr@{k}"] >= m1[f"test/hr@{k}"]
+    # the checkpoint restores with weights_only=True and gives the same model
+    ckpt = torch.load(tmp_path / "a" / "checkpoints" / "best.ckpt", weights_only=True)
+    module = SASRecModule(**ckpt["hyper_parameters"])
+    module.load_state_dict(ckpt["state_dict"])
+    seqs = torch.randint(1, 16, (3, 8))
+    with torch.no_grad():
+        torch.testing.assert_close(module.model.eval()(seqs), model.eval()(seqs))
