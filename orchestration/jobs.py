@@ -45,9 +45,15 @@ daily_instructions_job = define_asset_job(
 daily_retraining_job = define_asset_job(
     "daily_retraining",
     selection=AssetSelection.all()
-    - AssetSelection.groups("analysis")
+    - AssetSelection.groups("analysis", "training")
     - AssetSelection.assets("reasoning_instructions", "instruction_updates"),
     description="Every asset and gate, all scenarios, in one run (the scheduled retraining).",
+)
+
+train_sft_job = define_asset_job(
+    "train_sft",
+    selection=AssetSelection.groups("training"),
+    description="SFT of the unified generator and its evaluation (not yet in the daily job).",
 )
 
 scenario_refresh_job = define_asset_job(

@@ -137,6 +137,33 @@ class FeatureSettings(_Section):
         return self
 
 
+class SFTSettings(_Section):
+    """Generator size and SFT training (models/nn/config.py, models/lightning/train.py)."""
+
+    d_model: int = Field(128, ge=8)
+    n_heads: int = Field(4, ge=1)
+    enc_layers: int = Field(2, ge=1)
+    dec_layers: int = Field(2, ge=1)
+    ffn: Literal["dense", "moe"] = "dense"
+    n_experts: int = Field(4, ge=1)
+    instruction_position: Literal["none", "replace_bos", "add_to_bos", "left_of_bos", "right_of_bos"] = "right_of_bos"
+    use_igr: bool = True
+    igr_top_k: int = Field(20, ge=1)
+    q2i_weight: float = Field(0.1, ge=0)
+    max_epochs: int = Field(3, ge=1)
+    batch_size: int = Field(256, ge=1)
+    lr: float = Field(1e-3, gt=0)
+    warmup_steps: int = Field(100, ge=0)
+    patience: int = Field(2, ge=1)
+    beam_width: int = Field(20, ge=10)
+    limit_train_batches: int | None = Field(None, ge=1)   # cap per epoch (CPU demo budgets)
+    limit_val_batches: int | None = Field(None, ge=1)
+    accelerator: str = "cpu"                 # gpu + devices/strategy ddp in production
+    devices: int = Field(1, ge=1)
+    strategy: str = "auto"
+    precision: str = "32-true"
+
+
 class ScheduleSettings(_Section):
     retrain_cron: str = "0 3 * * *"
     instructions_cron: str = "0 1 * * *"      # daily full refresh of the reasoning instructions
@@ -151,6 +178,7 @@ class Settings(_Section):
     embeddings: EmbeddingSettings = EmbeddingSettings()
     semantic_ids: SemanticIdSettings = SemanticIdSettings()
     features: FeatureSettings = FeatureSettings()
+    sft: SFTSettings = SFTSettings()
     schedule: ScheduleSettings = ScheduleSettings()
 
     @property

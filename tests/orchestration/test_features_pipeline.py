@@ -130,3 +130,21 @@ def test_high_value_action_updates_only_affected_users_online(pipeline, tmp_path
     assert after[bystander] == before[bystander]
     meta = result.get_asset_materialization_events()[0].step_materialization_data.materialization.metadata
     assert 0 <= meta["action_to_online_p50_s"].value < 120
+
+
+def test_sft_trains_on_the_point_in_time_set_and_is_evaluated_against_popularity(pipeline, tmp_path):
+    root, _, _ = pipeline
+    tiny = {"d_model": 32, "n_heads": 2, "enc_layers": 1, "dec_layers": 1, "max_epochs": 1, "batch_size": 64,
+            "limit_train_batches": 4, "limit_val_batches": 2, "beam_width": 10, "warmup_steps": 2, "igr_top_k": 5}
+    defs = build_definitions(resources=make_resources(root, None, sft=tiny))
+    with DagsterInstance.ephemeral() as instance:
+        result = defs.resolve_job_def("train_sft").execute_in_process(instance=instance)
+    assert result.success
+    table = pd.read_parquet(root / "sft_evaluation" / "_.parquet")
+    assert {"oxygenrec_sft", "popularity", "popularity_per_scenario"} <= set(table["model"])
+    overall = table[(table["model"] == "oxygenrec_sft") & (table["group"] == "overall")].iloc[0]
+    assert 0.0 <= overall["hr@10"] <= 1.0 and overall["n"] > 0
+    manifest = __import__("json").loads((root / "sft_model" / "_.json").read_text())
+    import torch
+
+    torch.load(manifest["checkpoint"], weights_only=True)  # checkpoints load without pickle code execution
