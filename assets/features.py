@@ -174,8 +174,14 @@ def online_features(context: AssetExecutionContext, feature_store: FeatureStoreR
     start = time.perf_counter()
     report = store.materialize()
     seconds = time.perf_counter() - start
-    users = pq.read_table(store.source_path("reasoning_instruction"), columns=["user_id"]).column(0).to_pylist()
-    example_user = str(users[-1]) if users else "unknown-user"
+    # Show a user whose latest instruction says the most (a life event or cart, not the no-history default).
+    latest = pq.read_table(
+        store.source_path("reasoning_instruction"), columns=["user_id", "instruction_text", "generated_at"]
+    ).to_pydict()
+    newest = max(latest["generated_at"], default=None)
+    candidates = [(len(t), u) for u, t, g in zip(latest["user_id"], latest["instruction_text"], latest["generated_at"])
+                  if g == newest]
+    example_user = str(max(candidates)[1]) if candidates else "unknown-user"
     online = store.online_features(example_user, SCENARIOS[0])
     context.add_output_metadata(
         {
