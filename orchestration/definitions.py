@@ -9,6 +9,7 @@ import assets.embeddings
 import assets.features
 import assets.raw
 import assets.semantic_ids
+import assets.serving
 import assets.training
 
 from .jobs import (
@@ -19,13 +20,14 @@ from .jobs import (
     ingest_job,
     scenario_refresh_job,
     train_sft_job,
+    deploy_job,
 )
 from .params import ParamsResource
 from .sensors import high_value_action_sensor, instruction_updates_job
 from .resources import default_resources
 from .settings import current_settings
 
-ASSET_MODULES = [assets.raw, assets.embeddings, assets.semantic_ids, assets.features, assets.training]
+ASSET_MODULES = [assets.raw, assets.embeddings, assets.semantic_ids, assets.features, assets.training, assets.serving]
 CHECK_MODULES = [assets.checks, assets.semantic_ids]
 
 
@@ -35,7 +37,7 @@ def build_definitions(resources: dict | None = None) -> Definitions:
         assets=load_assets_from_modules(ASSET_MODULES),
         asset_checks=load_asset_checks_from_modules(CHECK_MODULES),
         jobs=[ingest_job, daily_instructions_job, daily_retraining_job, scenario_refresh_job, instruction_updates_job,
-              train_sft_job],
+              train_sft_job, deploy_job],
         sensors=[high_value_action_sensor],
         schedules=[daily_instructions_schedule, daily_retraining_schedule],
         resources={**default_resources(settings), "params": ParamsResource(), **(resources or {})},

@@ -45,7 +45,7 @@ daily_instructions_job = define_asset_job(
 daily_retraining_job = define_asset_job(
     "daily_retraining",
     selection=AssetSelection.all()
-    - AssetSelection.groups("analysis", "training")
+    - AssetSelection.groups("analysis", "training", "serving")
     - AssetSelection.assets("reasoning_instructions", "instruction_updates"),
     description="Every asset and gate, all scenarios, in one run (the scheduled retraining).",
 )
@@ -54,6 +54,12 @@ train_sft_job = define_asset_job(
     "train_sft",
     selection=AssetSelection.groups("training"),
     description="SFT of the unified generator and its evaluation (not yet in the daily job).",
+)
+
+deploy_job = define_asset_job(
+    "deploy",
+    selection=AssetSelection.groups("serving"),
+    description="Export the SFT generator and deploy it to Triton (atomic, smoke-tested, rolled back on failure).",
 )
 
 scenario_refresh_job = define_asset_job(

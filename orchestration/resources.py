@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 from pathlib import Path
 
 import pandas as pd
@@ -143,6 +144,26 @@ class FeatureStoreResource(ConfigurableResource):
         return OxyFeatureStore(resolve_path(self.data_dir), online=self.online, redis_url=self.redis_url)
 
 
+class TritonResource(ConfigurableResource):
+    """Where models are served: the server's HTTP endpoint and the model repository it was started on.
+
+    Local default: ``127.0.0.1:8000`` over ``<data>/triton_repository`` (``make serve`` starts it). Production:
+    the URL of a Triton on GPU nodes whose ``--model-repository`` is the same path on a shared volume.
+    """
+
+    url: str = "127.0.0.1:8000"
+    repository: str = "data/triton_repository"
+    load_timeout_s: float = 300.0
+
+    def repository_path(self) -> Path:
+        return resolve_path(self.repository)
+
+    def control(self):
+        from .serving.deploy import ModelControl
+
+        return ModelControl(self.url, timeout=self.load_timeout_s)
+
+
 class ArtifactStoreResource(ConfigurableResource):
     """The data directory seen by assets that keep versioned files beside their IO-managed value
     (codebooks, checkpoints, model repositories), or that read their own previous materialization."""
@@ -185,6 +206,8 @@ def default_resources(settings: Settings) -> dict:
             life_event_rate=synth.life_event_rate,
         ),
         "text_embedder": TextEmbedderResource(cache_dir=str(root / "cache" / "text_embeddings")),
+        "triton": TritonResource(url=os.environ.get("OXYREC_TRITON_URL", "127.0.0.1:8000"),
+                                 repository=str(root / "triton_repository")),
         "feature_store": FeatureStoreResource(
             data_dir=str(root / settings.features.store_dir),
             online=settings.features.online_store,

@@ -15,6 +15,7 @@ from orchestration.resources import (
     DataSourceResource,
     FeatureStoreResource,
     TextEmbedderResource,
+    TritonResource,
 )
 
 SMALL_WORLD = dict(n_items=240, n_users=150, n_days=30, seed=3, start_date="2026-09-01")
@@ -44,6 +45,7 @@ def make_resources(root: Path, files_dir: Path | None = None, **param_overrides)
         "io_manager": LocalArtifactIOManager(root=str(root)),
         "artifacts": ArtifactStoreResource(root=str(root)),
         "feature_store": FeatureStoreResource(data_dir=str(root / "feast")),
+        "triton": TritonResource(repository=str(root / "triton_repository")),
         "data_source": source,
         "text_embedder": TextEmbedderResource(cache_dir=str(root / "cache")),
         "params": ParamsResource(config_path=small_params(root.parent / f"{root.name}-params", **param_overrides)),

@@ -3,13 +3,14 @@
 import numpy as np
 import pandas as pd
 import pytest
-from dagster import DagsterInstance
+from dagster import AssetKey, DagsterInstance
 
 from orchestration.definitions import build_definitions
 from orchestration.jobs import PARTITION_RANGE_END, PARTITION_RANGE_START, all_scenarios_tags
 from orchestration.partitions import instruction_day_partitions
 
 from .conftest import make_resources
+from .test_pipeline import error_chain
 
 FEATURE_STAGES = ["scenario_instructions", "feature_sources", "feast_registry", "online_features", "training_examples"]
 
@@ -132,14 +133,22 @@ def test_high_value_action_updates_only_affected_users_online(pipeline, tmp_path
     assert 0 <= meta["action_to_online_p50_s"].value < 120
 
 
-def test_sft_trains_on_the_point_in_time_set_and_is_evaluated_against_popularity(pipeline, tmp_path):
-    root, _, _ = pipeline
-    tiny = {"d_model": 32, "n_heads": 2, "enc_layers": 1, "dec_layers": 1, "max_epochs": 1, "batch_size": 64,
+TINY_SFT = {"d_model": 32, "n_heads": 2, "enc_layers": 1, "dec_layers": 1, "max_epochs": 1, "batch_size": 64,
             "limit_train_batches": 4, "limit_val_batches": 2, "beam_width": 10, "warmup_steps": 2, "igr_top_k": 5}
-    defs = build_definitions(resources=make_resources(root, None, sft=tiny))
+
+
+@pytest.fixture(scope="module")
+def trained(pipeline):
+    root, _, _ = pipeline
+    defs = build_definitions(resources=make_resources(root, None, sft=TINY_SFT))
     with DagsterInstance.ephemeral() as instance:
         result = defs.resolve_job_def("train_sft").execute_in_process(instance=instance)
     assert result.success
+    return root
+
+
+def test_sft_trains_on_the_point_in_time_set_and_is_evaluated_against_popularity(trained):
+    root = trained
     table = pd.read_parquet(root / "sft_evaluation" / "_.parquet")
     assert {"oxygenrec_sft", "popularity", "popularity_per_scenario"} <= set(table["model"])
     overall = table[(table["model"] == "oxygenrec_sft") & (table["group"] == "overall")].iloc[0]
@@ -148,3 +157,39 @@ def test_sft_trains_on_the_point_in_time_set_and_is_evaluated_against_popularity
     import torch
 
     torch.load(manifest["checkpoint"], weights_only=True)  # checkpoints load without pickle code execution
+
+
+def test_deploy_serves_in_process_answers_and_rolls_back_a_broken_version(trained, tmp_path):
+    from models.export.repository import MODELS, list_versions
+    from orchestration.resources import TritonResource
+    from orchestration.serving import TritonServer, ensure_tritonserver
+
+    root = trained
+    repo = root / "triton_repository"
+    repo.mkdir(exist_ok=True)
+    server = TritonServer(repo, home=ensure_tritonserver(), log_path=tmp_path / "triton.log").start()
+    try:
+        resources = make_resources(root, None, sft=TINY_SFT)
+        resources["triton"] = TritonResource(url=server.http_url, repository=str(repo))
+        defs = build_definitions(resources=resources)
+        job = defs.resolve_job_def("deploy")
+        with DagsterInstance.ephemeral() as instance:
+            first = job.execute_in_process(instance=instance)  # smoke test inside: served == in-process
+            assert first.success
+            assert all(list_versions(repo, m) == [1] for m in MODELS)
+            assert server.model_ready("oxygenrec_generate", 1)
+
+            # A broken new version: the staged encoder graph is corrupted before the deploy step.
+            job.execute_in_process(instance=instance, asset_selection=[AssetKey("triton_model_repository")])
+            staged = root / "triton_model_repository" / "staged" / "oxygenrec_generate" / "1" / "encoder.onnx"
+            staged.write_bytes(staged.read_bytes()[:100] + b"garbage")
+            broken = job.execute_in_process(
+                instance=instance, asset_selection=[AssetKey("deployed_model")], raise_on_error=False
+            )
+        assert not broken.success
+        message = " ".join(error_chain(e.step_failure_data.error) for e in broken.get_step_failure_events())
+        assert "deployment failed at load" in message and "rolled back" in message and "encoder.onnx" in message
+        assert all(list_versions(repo, m) == [1] for m in MODELS)  # version 2 is gone
+        assert server.model_ready("oxygenrec_generate", 1)  # and version 1 still serves
+    finally:
+        server.stop()
