@@ -9,12 +9,13 @@ export HF_HUB_OFFLINE := 1
 export TRANSFORMERS_OFFLINE := 1
 export TOKENIZERS_PARALLELISM := false
 
-.PHONY: venv demo test ui bench evaluate clean help
+.PHONY: venv demo test ui serve bench clean help
 
 help:
 	@echo "make demo   - create the venv, run the whole pipeline on the embedded data, print a summary"
 	@echo "make test   - create/update the venv and run the test suite"
 	@echo "make ui     - Dagster UI on http://127.0.0.1:3000"
+	@echo "make serve  - Triton on 127.0.0.1:8000 (http) / 8001 (grpc) over the published model repository"
 	@echo "make bench  - benchmarks -> bench/results/*.json"
 
 # (Re)install when the pins change. The lock file pins every transitive package; pyproject pins the direct ones.
@@ -37,6 +38,9 @@ test: venv
 
 ui: venv | $(DAGSTER_HOME)
 	$(VENV)/bin/dagster dev -w workspace.yaml -h 127.0.0.1 -p 3000
+
+serve: venv
+	$(VENV)/bin/oxyrec serve
 
 bench: venv
 	$(PY) -m bench.run_all

@@ -6,6 +6,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 import time
 
 from models.data.synthetic import WorldConfig, generate_world
@@ -40,8 +41,9 @@ def main() -> None:
             }
         )
         print(runs[-1])
-    write_results("embeddings", {"model": encoder.name, "model_load_seconds": round(load_seconds, 2),
-                                 "batch_size": args.batch_size, "runs": runs})
+        # written after every size, so a long 50k run never loses the 5k figure
+        write_results("embeddings", {"model": encoder.name, "model_load_seconds": round(load_seconds, 2),
+                                     "batch_size": args.batch_size, "load_average": os.getloadavg(), "runs": runs})
 
 
 if __name__ == "__main__":

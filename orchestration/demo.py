@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import argparse
 import sys
+
+import pandas as pd
 import time
 import warnings
 
@@ -28,7 +30,8 @@ def _metadata_text(value) -> str:
 SUMMARY_KEYS = (
     "dagster/row_count", "items", "users", "dimension", "embedded_now", "served_from_cache",
     "text_items_per_second", "codebook_version", "refit", "l1_coverage", "collision_p99", "newly_assigned",
-    "days", "instructions", "online_store", "example_user", "with_instruction", "seconds",
+    "days", "instructions", "online_store", "example_user", "with_instruction", "epochs", "best_val_hr10",
+    "train_seconds", "hr10", "ndcg10", "versions", "smoke_users", "seconds",
 )
 
 
@@ -45,6 +48,7 @@ def run_pipeline(instance: DagsterInstance | None = None, raise_on_error: bool =
         ("daily_retraining", all_scenarios_tags()),
     ]
     results = []
+    stages.append(("train_sft", {}))
     for job_name, tags in stages:
         print(f"== {job_name}", flush=True)
         result = defs.resolve_job_def(job_name).execute_in_process(
@@ -57,6 +61,45 @@ def run_pipeline(instance: DagsterInstance | None = None, raise_on_error: bool =
         if not result.success:
             break
     return results
+
+
+def serve_and_recommend(instance: DagsterInstance, users_per_scenario: int = 1,
+                        scenarios: tuple[str, ...] = ("homepage", "cart", "search")) -> object:
+    """Start a local Triton on the published repository, run the deploy job against it, print recommendations."""
+    from .definitions import build_definitions
+    from .resources import TritonResource
+    from .serving import TritonServer, ensure_tritonserver
+    from .serving.recommend import Recommender
+
+    settings = current_settings()
+    repo = settings.data_root / "triton_repository"
+    repo.mkdir(parents=True, exist_ok=True)
+    print("== deploy (local tritonserver on 127.0.0.1)", flush=True)
+    server = TritonServer(repo, home=ensure_tritonserver(), log_path=settings.data_root / "triton.log").start()
+    try:
+        defs = build_definitions(resources={"triton": TritonResource(url=server.http_url, repository=str(repo))})
+        result = defs.resolve_job_def("deploy").execute_in_process(
+            instance=instance,
+            tags={"oxyrec/trigger": "demo"},
+            run_config={"loggers": {"console": {"config": {"log_level": "INFO"}}}},
+            raise_on_error=False,
+        )
+        if not result.success:
+            return result
+        recommender = Recommender.from_data_dir(settings.data_root, server.http_url)
+        log = pd.read_parquet(settings.data_root / "interaction_log" / "_.parquet", columns=["user_id", "scenario"])
+        shown = [s for s in scenarios if s in recommender.encoder.scenarios] or list(recommender.encoder.scenarios)[:3]
+        for scenario in shown:
+            for user in log.loc[log["scenario"] == scenario, "user_id"].drop_duplicates().head(users_per_scenario):
+                table = recommender.recommend(user, scenario, k=5)
+                instruction = recommender.last_features.get("instruction_text") or "(default instruction)"
+                print(f"\n  user {user} / {scenario}  (served by Triton at {server.http_url})")
+                print(f"  instruction: {instruction[:160]}{'...' if len(instruction) > 160 else ''}")
+                for row in table.itertuples():
+                    print(f"    {row.rank}. {row.title}  [{row.item_id}]  log p = {row.score:.2f}")
+        return result
+    finally:
+        server.stop()
 
 
 def print_summary(results) -> None:
@@ -97,9 +140,14 @@ def main(argv: list[str] | None = None) -> int:
     # should show the pipeline, not those notices.
     warnings.filterwarnings("ignore", message=".*(currently in beta|currently in preview).*")
     start = time.perf_counter()
-    results = run_pipeline(raise_on_error=False)
+    instance = DagsterInstance.get()
+    results = run_pipeline(instance=instance, raise_on_error=False)
     print_summary(results)
-    ok = all(r.success for r in results) and len(results) == 3
+    ok = all(r.success for r in results) and len(results) == 4
+    if ok:
+        deployed = serve_and_recommend(instance)
+        print_run(deployed)
+        ok = deployed.success
     print(f"\n{len(results)} runs {'succeeded' if ok else 'FAILED'} in {time.perf_counter() - start:.1f} s")
     print("browse them: make ui  ->  http://127.0.0.1:3000")
     return 0 if ok else 1

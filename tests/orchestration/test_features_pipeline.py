@@ -159,6 +159,25 @@ def test_sft_trains_on_the_point_in_time_set_and_is_evaluated_against_popularity
     torch.load(manifest["checkpoint"], weights_only=True)  # checkpoints load without pickle code execution
 
 
+def check_client_path(root, server):
+    """The client path of `oxyrec recommend`: Feast online features -> encoder -> Triton, HTTP and gRPC."""
+    from orchestration.serving.recommend import Recommender
+
+    catalog = set(pd.read_parquet(root / "item_semantic_ids" / "_.parquet")["item_id"])
+    user = pd.read_parquet(root / "interaction_log" / "_.parquet")["user_id"].iloc[0]
+    http = Recommender.from_data_dir(root, server.http_url)
+    table = http.recommend(user, "cart", k=5)
+    assert len(table) == 5 and set(table["item_id"]) <= catalog and table["title"].str.len().min() > 0
+    assert http.last_features["known_user"]
+    grpc = Recommender.from_data_dir(root, server.grpc_url, protocol="grpc")
+    assert grpc.recommend(user, "cart", k=5)["item_id"].tolist() == table["item_id"].tolist()
+    stranger = http.recommend("never-seen-user", "homepage", k=5)  # default instruction, still valid items
+    assert len(stranger) == 5 and set(stranger["item_id"]) <= catalog
+    assert not http.last_features["known_user"] and not http.last_features["has_instruction"]
+    with pytest.raises(ValueError, match="unknown scenario 'moon'"):
+        http.recommend(user, "moon")
+
+
 def test_deploy_serves_in_process_answers_and_rolls_back_a_broken_version(trained, tmp_path):
     from models.export.repository import MODELS, list_versions
     from orchestration.resources import TritonResource
@@ -178,6 +197,7 @@ def test_deploy_serves_in_process_answers_and_rolls_back_a_broken_version(traine
             assert first.success
             assert all(list_versions(repo, m) == [1] for m in MODELS)
             assert server.model_ready("oxygenrec_generate", 1)
+            check_client_path(root, server)
 
             # A broken new version: the staged encoder graph is corrupted before the deploy step.
             job.execute_in_process(instance=instance, asset_selection=[AssetKey("triton_model_repository")])
