@@ -13,12 +13,8 @@ from models.semantic_ids.trie import SIDTrie, TrieConfig
 VOCAB = (6, 6, 6, 2)
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+# tiny tensors: one intra-op thread (the shared fixture in tests/conftest.py)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def catalog(n: int, vocab=VOCAB, seed: int = 0) -> np.ndarray:

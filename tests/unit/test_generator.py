@@ -14,13 +14,8 @@ from models.nn.layers import MoEFeedForward
 VOCAB = (8, 8, 8, 3)
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    # tiny models: a second intra-op thread only adds contention on the 2-core machines
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+# tiny tensors: one intra-op thread (the shared fixture in tests/conftest.py)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def small_cfg(**kw) -> GeneratorConfig:

@@ -9,13 +9,8 @@ import torch.nn.functional as F
 from models.nn.igr import IGRAdapter, decorrelation_loss, igr_select, info_nce, q2i_loss, variance_loss
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    # tiny ops: a second intra-op thread only adds contention on the 2-core machines
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+# tiny tensors: one intra-op thread (the shared fixture in tests/conftest.py)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def test_q2i_loss_decreases_on_synthetic_pairs():

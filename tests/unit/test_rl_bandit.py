@@ -65,12 +65,8 @@ def params(policy):
     return {k: v.detach().clone() for k, v in policy.state_dict().items()}
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)  # tiny tensors: thread hand-off dominates on 2 busy cores
-    yield
-    torch.set_num_threads(old)
+# tiny tensors: one intra-op thread (the shared fixture in tests/conftest.py)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.mark.parametrize(
