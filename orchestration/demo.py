@@ -87,10 +87,13 @@ def serve_and_recommend(instance: DagsterInstance, users_per_scenario: int = 1,
         if not result.success:
             return result
         recommender = Recommender.from_data_dir(settings.data_root, server.http_url)
-        log = pd.read_parquet(settings.data_root / "interaction_log" / "_.parquet", columns=["user_id", "scenario"])
+        log = pd.read_parquet(settings.data_root / "interaction_log" / "_.parquet",
+                              columns=["user_id", "scenario", "timestamp"]).sort_values("timestamp")
         shown = [s for s in scenarios if s in recommender.encoder.scenarios] or list(recommender.encoder.scenarios)[:3]
         for scenario in shown:
-            for user in log.loc[log["scenario"] == scenario, "user_id"].drop_duplicates().head(users_per_scenario):
+            # the users most recently active in this scenario: their instructions say the most
+            recent = log.loc[log["scenario"] == scenario, "user_id"].drop_duplicates(keep="last")
+            for user in recent.tail(users_per_scenario):
                 table = recommender.recommend(user, scenario, k=5)
                 instruction = recommender.last_features.get("instruction_text") or "(default instruction)"
                 print(f"\n  user {user} / {scenario}  (served by Triton at {server.http_url})")
