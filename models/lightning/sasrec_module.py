@@ -111,7 +111,12 @@ def train_sasrec(
     root = Path(default_root_dir)
     L.seed_everything(config.seed, workers=True, verbose=False)
     data = SequenceDataModule(
-        split, max_len=config.max_len, batch_size=config.batch_size, seed=config.seed, encoder=encoder
+        split,
+        max_len=config.max_len,
+        batch_size=config.batch_size,
+        seed=config.seed,
+        window_stride=config.window_stride,
+        encoder=encoder,
     )
     data.setup()
     module = SASRecModule.from_config(data.n_items, config)
@@ -134,6 +139,8 @@ def train_sasrec(
     trainer.fit(module, datamodule=data)
     train_seconds = time.perf_counter() - t0
 
+    if ckpt.best_model_score is None or not ckpt.best_model_path:
+        raise RuntimeError(f"no checkpoint was saved: was {monitor!r} logged during validation?")
     state = torch.load(ckpt.best_model_path, map_location="cpu", weights_only=True)
     module.load_state_dict(state["state_dict"])
     model = module.model.cpu().eval()

@@ -2,8 +2,9 @@
 
 All tensors are item indices from an :class:`~models.eval.split.IdEncoder` (0 = padding), left-padded:
 
-* train: for each user's train sequence ``s`` (length ``n >= 2``), ``inputs = s[:-1][-L:]`` and
-  ``targets = s[1:][-L:]`` (``L = max_len``): every position predicts the next item.
+* train: windows ``w`` of each user's train sequence ``s`` (``L = max_len``): with ``window_stride=None``
+  only ``w = s[-(L+1):]``, else the last ``L + 1`` items of every prefix ``s[:n], s[:n - stride], ...``;
+  ``inputs = w[:-1]``, ``targets = w[1:]``: every position predicts the next item.
 * valid/test: ``inputs = history[-L:]``; ``targets`` is all padding except the last position, which holds
   the held-out item, so one loss function serves train and evaluation; ``seen`` is the full history
   (left-padded to the longest history) for ranking with seen items excluded.
@@ -23,7 +24,7 @@ from torch.utils.data import DataLoader, Dataset
 from models.eval.split import EvalCases, IdEncoder, LeaveLastOutSplit, encode_ids
 from models.nn.sasrec import left_pad
 
-__all__ = ["SequenceDataModule", "TensorDictDataset", "eval_tensors", "train_tensors"]
+__all__ = ["SequenceDataModule", "TensorDictDataset", "eval_tensors", "train_tensors", "train_windows"]
 
 
 class TensorDictDataset(Dataset):
@@ -43,12 +44,30 @@ class TensorDictDataset(Dataset):
         return {name: t[i] for name, t in self.tensors.items()}
 
 
-def train_tensors(sequences: list[np.ndarray], max_len: int) -> dict[str, torch.Tensor]:
-    """Shifted input/target tensors [U, max_len] from encoded train sequences (users with < 2 items dropped)."""
-    seqs = [s for s in sequences if len(s) >= 2]
-    if not seqs:
+def train_windows(sequences: list[np.ndarray], max_len: int, stride: int | None) -> list[np.ndarray]:
+    """Training windows: the last ``max_len + 1`` items of the prefixes ``s[:n], s[:n - stride], ...``
+    (prefixes of >= 2 items) of each sequence ``s`` of length ``n``; ``stride=None`` keeps only ``s[-max_len-1:]``.
+
+    With a stride every target is trained about ``max_len / stride`` times per epoch, each time with (up to)
+    a different left context; prefixes near the start of ``s`` are short, as they are in reality.
+    """
+    if stride is None:
+        return [s[-(max_len + 1) :] for s in sequences if len(s) >= 2]
+    if stride < 1:
+        raise ValueError(f"stride must be >= 1 or None, got {stride}")
+    return [s[max(0, end - max_len - 1) : end] for s in sequences for end in range(len(s), 1, -stride)]
+
+
+def train_tensors(sequences: list[np.ndarray], max_len: int, stride: int | None = None) -> dict[str, torch.Tensor]:
+    """Shifted input/target tensors [W, max_len] over the :func:`train_windows` of encoded train sequences
+    (sequences with < 2 items give no window): ``inputs = w[:-1]``, ``targets = w[1:]``, left-padded."""
+    windows = train_windows(sequences, max_len, stride)
+    if not windows:
         raise ValueError("no user has >= 2 train interactions: nothing to train on")
-    return {"inputs": left_pad([s[:-1] for s in seqs], max_len), "targets": left_pad([s[1:] for s in seqs], max_len)}
+    return {
+        "inputs": left_pad([w[:-1] for w in windows], max_len),
+        "targets": left_pad([w[1:] for w in windows], max_len),
+    }
 
 
 def eval_tensors(histories: list[np.ndarray], targets: np.ndarray, max_len: int) -> dict[str, torch.Tensor]:
@@ -75,6 +94,7 @@ class SequenceDataModule(L.LightningDataModule):
         batch_size: int = 128,
         eval_batch_size: int = 256,
         seed: int = 0,
+        window_stride: int | None = None,
         encoder: IdEncoder | None = None,
     ) -> None:
         super().__init__()
@@ -83,6 +103,7 @@ class SequenceDataModule(L.LightningDataModule):
         self.batch_size = batch_size
         self.eval_batch_size = eval_batch_size
         self.seed = seed
+        self.window_stride = window_stride
         self.encoder = encoder if encoder is not None else encode_ids(split.items)
         if self.encoder.offset != 1:
             raise ValueError("SequenceDataModule needs an encoder with padding index 0 (encode_ids(padding=True))")
@@ -107,7 +128,7 @@ class SequenceDataModule(L.LightningDataModule):
         if self._datasets:
             return  # built once; the split does not change
         train_seqs = [self.encoder.encode(s) for s in self.split.sequences.values()]
-        self._datasets["train"] = TensorDictDataset(**train_tensors(train_seqs, self.max_len))
+        self._datasets["train"] = TensorDictDataset(**train_tensors(train_seqs, self.max_len, self.window_stride))
         for name in ("valid", "test"):
             cases = self.encoded_cases(name)
             if len(cases) == 0:

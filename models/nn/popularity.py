@@ -135,7 +135,7 @@ class MostPopular:
         if per_scenario:
             keys = np.asarray(scenarios, dtype=object)
             known = np.array([s in self._scenario_order for s in keys], dtype=bool)
-            keys = np.where(known, keys, None)
+            keys[~known] = None
         else:
             keys = np.full(B, None, dtype=object)
         out = np.empty((B, k), dtype=np.int64)

@@ -49,6 +49,12 @@ class SASRecConfig:
     max_epochs: int = 200
     patience: int = 20  # epochs without a better validation NDCG@10 before stopping
     seed: int = 0
+    # training windows: the last max_len + 1 items of every prefix s[:n], s[:n - stride], ... of a user's train
+    # sequence; None = only the last window (the original sampler). Overlapping windows give every target a
+    # long left context. On MovieLens-100K (3 seeds, bench/results/sasrec_movielens.json) stride 10 gives
+    # test HR@10 .122 +- .014 (reference .1386 +- .0049), seen excluded .198 +- .021 (reference .2124);
+    # the last window alone landed ~0.03 HR@10 lower still.
+    window_stride: int | None = 10
 
     def __post_init__(self) -> None:
         if self.hidden % self.n_heads:
@@ -56,6 +62,8 @@ class SASRecConfig:
         for name in ("hidden", "n_blocks", "n_heads", "max_len", "batch_size", "max_epochs"):
             if getattr(self, name) < 1:
                 raise ValueError(f"SASRecConfig.{name} must be >= 1, got {getattr(self, name)}")
+        if self.window_stride is not None and self.window_stride < 1:
+            raise ValueError(f"SASRecConfig.window_stride must be >= 1 or None, got {self.window_stride}")
         if not 0.0 <= self.dropout < 1.0:
             raise ValueError(f"SASRecConfig.dropout must be in [0, 1), got {self.dropout}")
 

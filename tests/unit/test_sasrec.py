@@ -8,8 +8,11 @@ import torch
 from models.eval.metrics import ranking_metrics
 from models.eval.split import leave_last_out
 from models.lightning.sasrec_module import SASRecModule, train_sasrec
-from models.lightning.sequence_data import SequenceDataModule, train_tensors
+from models.lightning.sequence_data import SequenceDataModule, train_tensors, train_windows
 from models.nn.sasrec import SASRec, SASRecConfig, left_pad
+
+# tiny tensors: one intra-op thread (the shared fixture in tests/conftest.py)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 SMALL = SASRecConfig(hidden=32, n_blocks=2, n_heads=2, max_len=12, dropout=0.0)
 
@@ -47,6 +50,16 @@ def test_padding_invariance():
 def test_left_pad_keeps_last_items():
     out = left_pad([np.array([1, 2, 3, 4]), np.array([7])], 3)
     assert out.tolist() == [[2, 3, 4], [0, 0, 7]]
+
+
+def test_train_windows():
+    s = np.arange(1, 8)  # 7 items
+    assert [w.tolist() for w in train_windows([s, np.array([9])], 3, None)] == [[4, 5, 6, 7]]
+    windows = [w.tolist() for w in train_windows([s], 3, 2)]
+    assert windows == [[4, 5, 6, 7], [2, 3, 4, 5], [1, 2, 3]]  # last 4 items of the prefixes of 7, 5, 3 items
+    t = train_tensors([s], 3, 2)
+    assert t["inputs"].tolist() == [[4, 5, 6], [2, 3, 4], [0, 1, 2]]
+    assert t["targets"].tolist() == [[5, 6, 7], [3, 4, 5], [0, 2, 3]]
 
 
 def _successor_sequences(n_items=20, n_seqs=64, length=12, seed=0):
@@ -104,7 +117,7 @@ def _tiny_split():
 
 
 def test_data_module_shapes():
-    data = SequenceDataModule(_tiny_split(), max_len=8, batch_size=16)
+    data = SequenceDataModule(_tiny_split(), max_len=8, batch_size=16, window_stride=None)
     data.setup()
     batch = next(iter(data.train_dataloader()))
     assert batch["inputs"].shape == (16, 8) and batch["targets"].shape == (16, 8)
