@@ -9,7 +9,7 @@ export HF_HUB_OFFLINE := 1
 export TRANSFORMERS_OFFLINE := 1
 export TOKENIZERS_PARALLELISM := false
 
-.PHONY: venv demo test ui serve bench clean help
+.PHONY: venv demo test ui serve bench evaluate clean help
 
 help:
 	@echo "make demo   - create the venv, run the whole pipeline on the embedded data, print a summary"
@@ -17,6 +17,7 @@ help:
 	@echo "make ui     - Dagster UI on http://127.0.0.1:3000"
 	@echo "make serve  - Triton on 127.0.0.1:8000 (http) / 8001 (grpc) over the published model repository"
 	@echo "make bench  - benchmarks -> bench/results/*.json"
+	@echo "make evaluate DATA=<dir> - the whole graph on a standard-schema dataset -> data/evaluate/<name>/metrics.json"
 
 # (Re)install when the pins change. The lock file pins every transitive package; pyproject pins the direct ones.
 $(STAMP): pyproject.toml requirements.lock
@@ -32,6 +33,12 @@ $(DAGSTER_HOME):
 
 demo: venv | $(DAGSTER_HOME)
 	$(PY) -m orchestration.demo
+
+# A dataset in the standard schema (items / interactions [/ users], parquet or csv), in its own data directory.
+evaluate: venv | $(DAGSTER_HOME)
+	@test -n "$(DATA)" || { echo "usage: make evaluate DATA=<dir>"; exit 2; }
+	OXYREC_DATA_DIR="$(abspath $(DATA))" OXYREC_HOME="$(CURDIR)/data/evaluate/$(notdir $(abspath $(DATA)))" \
+		$(PY) -m orchestration.evaluate
 
 test: venv
 	$(PY) -m pytest

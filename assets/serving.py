@@ -28,7 +28,8 @@ SMOKE_USERS = 8
 SMOKE_BEAM, SMOKE_TOP_K = 20, 10
 
 
-@asset(group_name=GROUP, kinds={"onnx", "triton"}, code_version="1")
+# deps on sft_evaluation: its blocking gate (sft_beats_baseline) must pass before anything is exported
+@asset(group_name=GROUP, kinds={"onnx", "triton"}, code_version="1", deps=["sft_evaluation"])
 def triton_model_repository(
     context: AssetExecutionContext, sft_model: dict, item_semantic_ids: pd.DataFrame, artifacts: ArtifactStoreResource
 ) -> dict:

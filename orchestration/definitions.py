@@ -28,7 +28,7 @@ from .resources import default_resources
 from .settings import current_settings
 
 ASSET_MODULES = [assets.raw, assets.embeddings, assets.semantic_ids, assets.features, assets.training, assets.serving]
-CHECK_MODULES = [assets.checks, assets.semantic_ids]
+CHECK_MODULES = [assets.checks, assets.semantic_ids, assets.training]
 
 
 def build_definitions(resources: dict | None = None) -> Definitions:

@@ -137,6 +137,30 @@ class FeatureSettings(_Section):
         return self
 
 
+class SASRecSettings(_Section):
+    """The SASRec baseline trained next to the generator on the same split (models/nn/sasrec.py)."""
+
+    hidden: int = Field(64, ge=8)
+    n_blocks: int = Field(2, ge=1)
+    n_heads: int = Field(1, ge=1)
+    max_len: int = Field(50, ge=2)
+    dropout: float = Field(0.2, ge=0, lt=1)
+    lr: float = Field(1e-3, gt=0)
+    batch_size: int = Field(128, ge=1)
+    max_epochs: int = Field(200, ge=1)
+    patience: int = Field(20, ge=1)
+    window_stride: int | None = Field(10, ge=1)   # None: only the last window of each user's train sequence
+
+
+class AblationSettings(_Section):
+    """sft_ablations (group analysis, on demand): which studies, and an optional smaller budget per variant."""
+
+    studies: list[Literal["instruction_position", "igr_q2i", "unified_vs_per_scenario"]] = Field(
+        default_factory=lambda: ["instruction_position", "igr_q2i", "unified_vs_per_scenario"])
+    max_epochs: int | None = Field(None, ge=1)            # None: the sft section's budget
+    limit_train_batches: int | None = Field(None, ge=1)
+
+
 class SFTSettings(_Section):
     """Generator size and SFT training (models/nn/config.py, models/lightning/train.py)."""
 
@@ -162,6 +186,11 @@ class SFTSettings(_Section):
     devices: int = Field(1, ge=1)
     strategy: str = "auto"
     precision: str = "32-true"
+    # blocking gate on sft_evaluation: the generator's validation HR@10 must be >= this baseline's
+    gate_baseline: Literal["popularity", "popularity_per_scenario", "sasrec"] = "popularity"
+    gate_tolerance: float = Field(0.0, ge=0)  # passes if HR@10 >= baseline's - tolerance (0: never worse)
+    sasrec: SASRecSettings = SASRecSettings()
+    ablations: AblationSettings = AblationSettings()
 
 
 class ScheduleSettings(_Section):

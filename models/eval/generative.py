@@ -36,7 +36,7 @@ from models.nn.popularity import MostPopular
 from models.semantic_ids.codebook import SemanticIdTable
 from models.semantic_ids.trie import SIDTrie
 
-__all__ = ["evaluate_baselines", "evaluate_generator", "iter_batches", "summarize"]
+__all__ = ["compare_models", "evaluate_baselines", "evaluate_generator", "iter_batches", "log_without", "summarize"]
 
 
 def iter_batches(batches: Mapping[str, torch.Tensor] | Iterable[Mapping[str, torch.Tensor]], batch_size: int):
@@ -155,3 +155,43 @@ def evaluate_baselines(
         ranked_rows = catalog.encode(sasrec_encoder.decode(ranked.ravel()).astype(str), unknown="pad").reshape(ranked.shape) - 1
         out["sasrec"] = summarize(ranked_rows, targets, scen, ks)
     return out
+
+
+def log_without(interaction_log: pd.DataFrame, held_out: pd.DataFrame) -> pd.DataFrame:
+    """``interaction_log`` minus the interactions that are targets of ``held_out`` (rows of a training frame:
+    ``user_id``, ``item_id``, ``target_timestamp``): what a baseline may be fitted on before those targets."""
+    keys = held_out[["user_id", "item_id", "target_timestamp"]].rename(columns={"target_timestamp": "timestamp"})
+    keys = keys.astype({"user_id": str, "item_id": str}).drop_duplicates().assign(_held_out=True)
+    log = interaction_log.astype({"user_id": str, "item_id": str})
+    marked = log.merge(keys, on=["user_id", "item_id", "timestamp"], how="left")
+    return marked[marked["_held_out"].isna()].drop(columns="_held_out").reset_index(drop=True)
+
+
+def compare_models(
+    generators: Mapping[str, tuple[object, Mapping[str, torch.Tensor]]],
+    frame: pd.DataFrame,
+    train_log: pd.DataFrame,
+    trie: SIDTrie,
+    sid_table: SemanticIdTable,
+    *,
+    beam_width: int = 20,
+    scenario_names: Sequence[str] | None = None,
+    sasrec=None,
+    sasrec_encoder: IdEncoder | None = None,
+    ks: Sequence[int] = DEFAULT_KS,
+) -> tuple[dict[str, dict], pd.DataFrame]:
+    """Every model on the same examples: ``generators`` maps a name to (model, its encoded ``frame``); the
+    baselines (popularity, per-scenario popularity, optional SASRec) are fitted on ``train_log``.
+
+    Returns ({model: overall metrics}, one per-scenario table with a ``model`` column)."""
+    overall, tables = {}, []
+    for name, (model, encoded) in generators.items():
+        overall[name], table = evaluate_generator(model, encoded, trie, sid_table, ks=ks, beam_width=beam_width,
+                                                  scenario_names=scenario_names)
+        tables.append(table.assign(model=name))
+    baselines = evaluate_baselines(train_log, frame, sid_table, ks, sasrec=sasrec, sasrec_encoder=sasrec_encoder)
+    for name, (metrics, table) in baselines.items():
+        overall[name] = metrics
+        tables.append(table.assign(model=name))
+    table = pd.concat(tables, ignore_index=True)
+    return overall, table[["model"] + [c for c in table.columns if c != "model"]]

@@ -26,9 +26,12 @@ from lightning.pytorch.loggers import CSVLogger
 from models.eval.metrics import DEFAULT_KS, per_case_metrics, ranking_metrics, top_k
 from models.eval.split import EvalCases, IdEncoder, LeaveLastOutSplit
 from models.lightning.sequence_data import SequenceDataModule
+from models.lightning.train import read_checkpoint
 from models.nn.sasrec import SASRec, SASRecConfig
 
-__all__ = ["SASRecModule", "evaluate_sasrec", "train_sasrec"]
+__all__ = ["SASRecModule", "evaluate_sasrec", "load_sasrec", "save_sasrec", "train_sasrec"]
+
+SAVED_FORMAT = "oxyrec-sasrec-v1"
 
 
 class SASRecModule(L.LightningModule):
@@ -159,3 +162,39 @@ def train_sasrec(
             for name, value in evaluate_sasrec(model, cases, exclude_seen=excl, ks=ks).items():
                 metrics[f"{prefix}/{name}"] = value
     return model, metrics
+
+
+def save_sasrec(model: SASRec, encoder: IdEncoder, path: str | Path) -> Path:
+    """One self-contained weights file {format, config, item_ids, state_dict}: the item ids travel with the
+    weights, so the model can never be paired with the wrong id mapping. Written atomically."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    payload = {
+        "format": SAVED_FORMAT,
+        "config": {k: list(v) if isinstance(v, tuple) else v for k, v in asdict(model.config).items()},
+        "item_ids": [str(i) for i in encoder.ids],
+        "state_dict": model.state_dict(),
+    }
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    torch.save(payload, tmp)
+    tmp.replace(path)
+    return path
+
+
+def load_sasrec(path: str | Path) -> tuple[SASRec, IdEncoder]:
+    """(model in eval mode, its IdEncoder) from a :func:`save_sasrec` file, loaded with ``weights_only=True``;
+    ValueError naming the file when it is missing, corrupt or not a SASRec file."""
+    path = Path(path)
+    ckpt = read_checkpoint(path)
+    if ckpt.get("format") != SAVED_FORMAT:
+        raise ValueError(f"{path} is not a SASRec weights file (format {ckpt.get('format')!r}, expected {SAVED_FORMAT!r})")
+    try:
+        raw = dict(ckpt["config"])
+        raw["adam_betas"] = tuple(raw["adam_betas"])
+        config = SASRecConfig(**raw)
+        encoder = IdEncoder(ids=np.asarray(ckpt["item_ids"], dtype=object), offset=1)
+        model = SASRec(encoder.n_ids, config)
+        model.load_state_dict(ckpt["state_dict"])
+    except (KeyError, TypeError, ValueError, RuntimeError) as e:
+        raise ValueError(f"{path} does not hold a loadable SASRec: {type(e).__name__}: {str(e)[:300]}") from e
+    return model.eval(), encoder

@@ -1,7 +1,12 @@
 """Fast-slow thinking through Dagster: ingest, daily instructions, Feast registry, online store, training set."""
 
+import json
+import shutil
+from pathlib import Path
+
 import numpy as np
 import pandas as pd
+import torch
 import pytest
 from dagster import AssetKey, DagsterInstance
 
@@ -134,7 +139,9 @@ def test_high_value_action_updates_only_affected_users_online(pipeline, tmp_path
 
 
 TINY_SFT = {"d_model": 32, "n_heads": 2, "enc_layers": 1, "dec_layers": 1, "max_epochs": 1, "batch_size": 64,
-            "limit_train_batches": 4, "limit_val_batches": 2, "beam_width": 10, "warmup_steps": 2, "igr_top_k": 5}
+            "limit_train_batches": 4, "limit_val_batches": 2, "beam_width": 10, "warmup_steps": 2, "igr_top_k": 5,
+            "sasrec": {"hidden": 16, "max_len": 10, "max_epochs": 2, "patience": 1},
+            "gate_tolerance": 1.0}  # a 4-batch model is not expected to beat popularity; the gate test sets 0
 
 
 @pytest.fixture(scope="module")
@@ -147,16 +154,37 @@ def trained(pipeline):
     return root
 
 
-def test_sft_trains_on_the_point_in_time_set_and_is_evaluated_against_popularity(trained):
+def test_sft_is_evaluated_against_popularity_and_sasrec_on_the_same_examples(trained):
     root = trained
     table = pd.read_parquet(root / "sft_evaluation" / "_.parquet")
-    assert {"oxygenrec_sft", "popularity", "popularity_per_scenario"} <= set(table["model"])
-    overall = table[(table["model"] == "oxygenrec_sft") & (table["group"] == "overall")].iloc[0]
-    assert 0.0 <= overall["hr@10"] <= 1.0 and overall["n"] > 0
-    manifest = __import__("json").loads((root / "sft_model" / "_.json").read_text())
-    import torch
-
+    overall = table[table["group"] == "overall"].set_index(["split", "model"])
+    models = {"oxygenrec_sft", "popularity", "popularity_per_scenario", "sasrec"}
+    assert set(overall.index) == {(split, m) for split in ("valid", "test") for m in models}
+    for split in ("valid", "test"):  # every model scored on the same examples
+        assert overall.loc[split]["n"].nunique() == 1 and overall.loc[split]["n"].iloc[0] > 0
+    assert ((0.0 <= overall["hr@10"]) & (overall["hr@10"] <= 1.0)).all()
+    manifest = json.loads((root / "sft_model" / "_.json").read_text())
     torch.load(manifest["checkpoint"], weights_only=True)  # checkpoints load without pickle code execution
+    sasrec = json.loads((root / "sasrec_baseline" / "_.json").read_text())
+    assert sasrec["metrics"]["epochs"] >= 1 and Path(sasrec["weights"]).is_file()
+
+
+def test_the_gate_refuses_an_untrained_model_and_nothing_is_exported(trained, tmp_path):
+    root = tmp_path / "data"
+    shutil.copytree(trained, root, ignore=shutil.ignore_patterns("triton_repository"))
+    # one optimizer step: far below popularity on validation HR@10 (the gate's default baseline)
+    untrained = {**TINY_SFT, "limit_train_batches": 1, "lr": 1e-6, "warmup_steps": 0, "gate_tolerance": 0.0}
+    defs = build_definitions(resources=make_resources(root, None, sft=untrained))
+    selection = [AssetKey("sft_model"), AssetKey("sft_evaluation"), AssetKey("triton_model_repository")]
+    with DagsterInstance.ephemeral() as instance:
+        result = defs.resolve_implicit_global_asset_job_def().execute_in_process(
+            instance=instance, asset_selection=selection, raise_on_error=False)
+    checks = {e.asset_check_key.name: e for e in result.get_asset_check_evaluations()}
+    gate = checks["sft_beats_baseline"]
+    assert not gate.passed
+    assert gate.metadata["model_valid_hr10"].value < gate.metadata["baseline_valid_hr10"].value
+    built = {e.asset_key.to_user_string() for e in result.get_asset_materialization_events()}
+    assert "sft_evaluation" in built and "triton_model_repository" not in built
 
 
 def check_client_path(root, server):

@@ -136,3 +136,23 @@ def test_sasrec_baseline_runs_in_the_catalog_item_space():
     assert all(overall[k] == pytest.approx(v) for k, v in want.items())
     with pytest.raises(ValueError, match="sasrec_encoder"):
         evaluate_baselines(frame, test, table, sasrec=sasrec)
+
+
+def test_log_without_drops_exactly_the_held_out_targets():
+    log = pd.DataFrame({"user_id": ["a", "a", "a", "b"], "item_id": ["x", "y", "x", "x"],
+                        "timestamp": [1, 2, 3, 2], "scenario": ["s"] * 4})
+    held = pd.DataFrame({"user_id": ["a", "b"], "item_id": ["x", "y"], "target_timestamp": [3, 2]})
+    out = generative.log_without(log, held)
+    # (a, x, 3) is held out; (b, y, 2) matches no interaction; (a, x, 1) is an earlier purchase and stays
+    assert list(zip(out.user_id, out.item_id, out.timestamp)) == [("a", "x", 1), ("a", "y", 2), ("b", "x", 2)]
+
+
+def test_compare_models_scores_every_model_on_the_same_examples():
+    table, frame, enc, model, trie = setup()
+    test = frame[frame.split == "test"].reset_index(drop=True)
+    train_log = frame[frame.split == "train"].rename(columns={"target_timestamp": "timestamp"})
+    overall, out = generative.compare_models({"gen": (model, enc.encode(test))}, test, train_log, trie, table,
+                                             beam_width=10, scenario_names=enc.scenarios)
+    assert set(overall) == {"gen", "popularity", "popularity_per_scenario"}
+    assert {m["n"] for m in overall.values()} == {len(test)}
+    assert set(out["model"]) == set(overall) and list(out.columns[:2]) == ["model", "group"]

@@ -149,3 +149,22 @@ def test_lightning_training_is_deterministic(tmp_path):
     seqs = torch.randint(1, 16, (3, 8))
     with torch.no_grad():
         torch.testing.assert_close(module.model.eval()(seqs), model.eval()(seqs))
+
+
+def test_saved_sasrec_round_trips_with_its_ids_and_rejects_bad_files(tmp_path):
+    from models.eval.split import encode_ids
+    from models.lightning.sasrec_module import load_sasrec, save_sasrec
+
+    encoder = encode_ids(np.array([f"i{i}" for i in range(9)], dtype=object))
+    model = SASRec(encoder.n_ids, SMALL).eval()
+    path = save_sasrec(model, encoder, tmp_path / "sasrec.pt")
+    loaded, ids = load_sasrec(path)
+    seqs = torch.tensor([[0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 1, 2]])
+    assert torch.allclose(model.last_scores(seqs), loaded.last_scores(seqs))
+    assert list(ids.ids) == list(encoder.ids) and loaded.config == SMALL
+    (tmp_path / "junk.pt").write_bytes(b"not a checkpoint")
+    with pytest.raises(ValueError, match="junk.pt"):
+        load_sasrec(tmp_path / "junk.pt")
+    torch.save({"format": "something-else"}, tmp_path / "other.pt")
+    with pytest.raises(ValueError, match="not a SASRec weights file"):
+        load_sasrec(tmp_path / "other.pt")
