@@ -23,7 +23,9 @@ from .jobs import (
     deploy_job,
 )
 from .params import ParamsResource
-from .sensors import high_value_action_sensor, instruction_updates_job
+from .automation import freshness_checks, freshness_checks_sensor
+from .notifications import run_failure_notifier
+from .sensors import high_value_action_sensor, instruction_updates_job, new_raw_file_sensor
 from .resources import default_resources
 from .settings import current_settings
 
@@ -35,10 +37,10 @@ def build_definitions(resources: dict | None = None) -> Definitions:
     settings = current_settings()
     return Definitions(
         assets=load_assets_from_modules(ASSET_MODULES),
-        asset_checks=load_asset_checks_from_modules(CHECK_MODULES),
+        asset_checks=[*load_asset_checks_from_modules(CHECK_MODULES), *freshness_checks],
         jobs=[ingest_job, daily_instructions_job, daily_retraining_job, scenario_refresh_job, instruction_updates_job,
               train_sft_job, deploy_job],
-        sensors=[high_value_action_sensor],
+        sensors=[high_value_action_sensor, new_raw_file_sensor, run_failure_notifier, freshness_checks_sensor],
         schedules=[daily_instructions_schedule, daily_retraining_schedule],
         resources={**default_resources(settings), "params": ParamsResource(), **(resources or {})},
     )
