@@ -10,10 +10,19 @@ import shutil
 import numpy as np
 import pandas as pd
 import torch
-from dagster import AssetExecutionContext, MetadataValue, asset
+from dagster import (
+    AssetCheckResult,
+    AssetCheckSeverity,
+    AssetExecutionContext,
+    AssetIn,
+    MetadataValue,
+    asset,
+    asset_check,
+)
 
 from models.decoding import constrained_beam_search
 from models.export import ServingConfig, serving_arrays, write_model_repository
+from models.export.verify import verify_staged_version
 from models.lightning.generator_data import ExampleEncoder
 from models.lightning.train import load_generator
 from models.semantic_ids import SemanticIdTable
@@ -44,6 +53,35 @@ def triton_model_repository(
     return {"staged": str(staged), "checkpoint": sft_model["checkpoint"], "encoder": sft_model["encoder"]}
 
 
+def smoke_inputs(training_examples: pd.DataFrame, encoder: ExampleEncoder, model) -> tuple[pd.DataFrame, dict]:
+    """The fixed smoke users (first test examples) and their serving input arrays."""
+    smoke = training_examples[training_examples["split"] == "test"].head(SMOKE_USERS).reset_index(drop=True)
+    return smoke, serving_arrays(encoder.encode(smoke, targets=False), model.cfg)
+
+
+@asset_check(asset=triton_model_repository, blocking=True,
+             additional_ins={"training_examples": AssetIn("training_examples"),
+                             "item_semantic_ids": AssetIn("item_semantic_ids")},
+             description="staged files match their manifests; ONNX beam search == eager beam search for smoke users")
+def exported_model_parity(
+    triton_model_repository: dict, training_examples: pd.DataFrame, item_semantic_ids: pd.DataFrame
+) -> AssetCheckResult:
+    sid_table = SemanticIdTable.from_frame(item_semantic_ids)
+    model = load_generator(triton_model_repository["checkpoint"])
+    encoder = ExampleEncoder.load(triton_model_repository["encoder"], sid_table)
+    trie = SIDTrie.from_codes(sid_table.codes, sid_table.vocab_sizes)
+    _, arrays = smoke_inputs(training_examples, encoder, model)
+    report = verify_staged_version(triton_model_repository["staged"], 1, model, trie, arrays, SMOKE_BEAM, SMOKE_TOP_K)
+    return AssetCheckResult(
+        passed=report.passed,
+        severity=AssetCheckSeverity.ERROR,
+        description=report.problem or f"ONNX == eager for {report.users} smoke users (max score diff "
+                                      f"{report.max_score_diff:.2g})",
+        metadata={"users": report.users, "items_equal": report.items_equal,
+                  "max_score_diff": report.max_score_diff, "atol": report.atol},
+    )
+
+
 @asset(group_name=GROUP, kinds={"triton"}, code_version="1")
 def deployed_model(
     context: AssetExecutionContext,
@@ -57,8 +95,7 @@ def deployed_model(
     model = load_generator(triton_model_repository["checkpoint"])
     encoder = ExampleEncoder.load(triton_model_repository["encoder"], sid_table)
     trie = SIDTrie.from_codes(sid_table.codes, sid_table.vocab_sizes)
-    smoke = training_examples[training_examples["split"] == "test"].head(SMOKE_USERS).reset_index(drop=True)
-    arrays = serving_arrays(encoder.encode(smoke, targets=False), model.cfg)
+    smoke, arrays = smoke_inputs(training_examples, encoder, model)
     expected, _ = constrained_beam_search(
         model, {k: torch.from_numpy(np.asarray(v)) for k, v in arrays.items()}, trie, SMOKE_BEAM, SMOKE_TOP_K
     )

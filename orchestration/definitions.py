@@ -30,7 +30,7 @@ from .resources import default_resources
 from .settings import current_settings
 
 ASSET_MODULES = [assets.raw, assets.embeddings, assets.semantic_ids, assets.features, assets.training, assets.serving]
-CHECK_MODULES = [assets.checks, assets.semantic_ids, assets.training]
+CHECK_MODULES = [assets.checks, assets.semantic_ids, assets.training, assets.serving]
 
 
 def build_definitions(resources: dict | None = None) -> Definitions:

@@ -223,6 +223,7 @@ def test_deploy_serves_in_process_answers_and_rolls_back_a_broken_version(traine
         with DagsterInstance.ephemeral() as instance:
             first = job.execute_in_process(instance=instance)  # smoke test inside: served == in-process
             assert first.success
+            assert {e.check_name: e.passed for e in first.get_asset_check_evaluations()} == {"exported_model_parity": True}
             assert all(list_versions(repo, m) == [1] for m in MODELS)
             assert server.model_ready("oxygenrec_generate", 1)
             check_client_path(root, server)

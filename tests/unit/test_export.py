@@ -390,3 +390,23 @@ def test_templates_follow_the_numpy2_rules():
             assert "as_numpy(" not in src and "pb_utils.Tensor(" not in src
         config = (TEMPLATES_DIR / model / "config.pbtxt.tmpl").read_text()
         assert "TYPE_STRING" not in config and "TYPE_BYTES" not in config
+
+
+def test_verify_staged_version_passes_a_good_export_and_names_a_corrupt_file(repo, tmp_path):
+    from models.export.verify import verify_staged_version
+
+    root, _, model, trie, codes, _ = repo
+    arrays = serving_arrays(example_batch(model.cfg, 3, seed=5, codes=codes), model.cfg)
+    good = verify_staged_version(root, 1, model, trie, arrays, beam_width=16, top_k=10)
+    assert good.passed and good.items_equal and good.max_score_diff <= 1e-4 and good.users == 3
+
+    broken = tmp_path / "repo"
+    shutil.copytree(root, broken)
+    graph = broken / "oxygenrec_generate" / "1" / "decoder_step.onnx"
+    graph.write_bytes(graph.read_bytes()[:-50])
+    report = verify_staged_version(broken, 1, model, trie, arrays, beam_width=16, top_k=10)
+    assert not report.passed and "decoder_step.onnx" in report.problem
+
+    other = spread(OxygenGenerator(model.cfg), seed=99)  # not the model that was exported: answers differ
+    mismatch = verify_staged_version(root, 1, other, trie, arrays, beam_width=16, top_k=10)
+    assert not mismatch.passed and "other items than the eager model" in mismatch.problem
