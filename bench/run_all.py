@@ -14,6 +14,7 @@ BENCHMARKS = [
     ["-m", "bench.incremental_instructions"],
     ["bench/sasrec_movielens.py"],
     ["bench/sft.py"],
+    ["bench/rl.py"],
     ["bench/triton_serving.py"],
 ]
 

@@ -8,6 +8,7 @@ import assets.checks
 import assets.embeddings
 import assets.features
 import assets.raw
+import assets.rl
 import assets.semantic_ids
 import assets.serving
 import assets.training
@@ -29,8 +30,8 @@ from .sensors import high_value_action_sensor, instruction_updates_job, new_raw_
 from .resources import default_resources
 from .settings import current_settings
 
-ASSET_MODULES = [assets.raw, assets.embeddings, assets.semantic_ids, assets.features, assets.training, assets.serving]
-CHECK_MODULES = [assets.checks, assets.semantic_ids, assets.training, assets.serving]
+ASSET_MODULES = [assets.raw, assets.embeddings, assets.semantic_ids, assets.features, assets.training, assets.serving, assets.rl]
+CHECK_MODULES = [assets.checks, assets.semantic_ids, assets.training, assets.serving, assets.rl]
 
 
 def build_definitions(resources: dict | None = None) -> Definitions:

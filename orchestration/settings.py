@@ -199,6 +199,88 @@ class ScheduleSettings(_Section):
     timezone: str = "UTC"
 
 
+ActionName = Literal["click", "cart", "order"]
+
+DEFAULT_REWARD_WEIGHTS: dict[str, dict[str, float]] = {
+    "homepage": {"click": 1.0, "cart": 0.3, "order": 0.3},
+    "product_detail": {"click": 1.0, "cart": 0.5, "order": 0.5},
+    "cart": {"click": 0.2, "cart": 0.5, "order": 1.0},
+    "feed": {"click": 1.0, "cart": 0.5, "order": 0.5},
+    "search": {"click": 1.0, "cart": 0.5, "order": 0.5},
+    "checkout": {"click": 0.1, "cart": 0.3, "order": 1.0},
+}
+
+
+class RewardModelSettings(_Section):
+    """The unified ranking reward model P(click/cart/order | user context, scenario, item) (models/rl/reward_model.py)."""
+
+    hidden_dim: int = Field(64, ge=1)
+    scenario_dim: int = Field(8, ge=1)
+    mlp_layers: int = Field(2, ge=0)
+    epochs: int = Field(3, ge=1)
+    batch_size: int = Field(512, ge=1)
+    lr: float = Field(3e-3, gt=0)
+    num_negatives: int = Field(4, ge=0)      # random catalog items per logged row, labels (0, 0, 0)
+    calibration: Literal["temperature", "platt"] = "temperature"
+
+
+class RewardMappingSettings(_Section):
+    """Unified reward: R = sum_k w[scenario, k] P_k (models/rl/reward_mapping.py); weights per scenario."""
+
+    scenarios: dict[str, dict[ActionName, float]] = Field(default_factory=lambda: dict(DEFAULT_REWARD_WEIGHTS))
+    default: dict[ActionName, float] = Field(default_factory=lambda: {"click": 1.0, "cart": 0.5, "order": 0.5})
+    invalid_penalty: float = Field(1.0, ge=0)
+    diversity_bonus: float = Field(0.0, ge=0)
+
+
+class RLComparisonSettings(_Section):
+    """rl_comparison (analysis group, on demand): every algorithm x synthetic share, same seed and budget."""
+
+    algorithms: list[Literal["grpo", "gspo", "sagcpo"]] = Field(default_factory=lambda: ["grpo", "gspo", "sagcpo"])
+    synthetic_shares: list[float] = Field(default_factory=lambda: [0.0, 0.2, 0.33, 0.5])
+    steps: int | None = Field(None, ge=1)    # None: rl.steps
+
+    @field_validator("synthetic_shares")
+    @classmethod
+    def _shares(cls, value):
+        if not value or any(not 0 <= s <= 1 for s in value):
+            raise ValueError(f"rl.comparison.synthetic_shares must be non-empty and in [0, 1], got {value}")
+        return value
+
+
+class RLSettings(_Section):
+    """SA-GCPO post-training of the SFT generator (models/rl): rl_policy and its blocking no-regression check."""
+
+    algorithm: Literal["grpo", "gspo", "sagcpo"] = "sagcpo"
+    group_size: int = Field(8, ge=2)           # G items sampled per prompt
+    prompts_per_step: int = Field(32, ge=1)
+    steps: int = Field(30, ge=1)
+    lr: float = Field(1e-4, gt=0)
+    kl_coef: float = Field(0.04, ge=0)         # beta of the k3 KL to the frozen SFT reference
+    tau_pos: float = Field(1.0, gt=0)          # SA-GCPO gate temperatures (tau_neg >= tau_pos)
+    tau_neg: float = Field(1.05, gt=0)
+    group_clip: float | None = None            # SA-GCPO group clip target; None = off
+    ppo_epochs: int = Field(1, ge=1)
+    max_grad_norm: float = Field(1.0, gt=0)
+    kl_stop: float | None = Field(1.0, gt=0)   # stop (and report) when the post-update KL exceeds this
+    temperature: float = Field(1.0, gt=0)      # sampling temperature (part of the policy)
+    synthetic_share: float = Field(0.2, ge=0, le=1)   # fraction of prompts that are counterfactual contexts
+    max_examples: int = Field(20000, ge=1)     # train examples (sampled) for prompts and reward-model rows
+    eval_examples: int = Field(500, ge=1)      # validation examples for HR@10 / NDCG@10 and mean reward
+    hr10_tolerance: float = Field(0.01, ge=-1, le=1)  # blocking check: RL val HR@10 >= SFT val HR@10 - tolerance
+                                               # (negative: demand an improvement of at least -tolerance)
+    seed: int | None = None                    # None: the top-level seed
+    reward_model: RewardModelSettings = RewardModelSettings()
+    reward: RewardMappingSettings = RewardMappingSettings()
+    comparison: RLComparisonSettings = RLComparisonSettings()
+
+    @model_validator(mode="after")
+    def _gate_temperatures(self):
+        if self.tau_neg < self.tau_pos:
+            raise ValueError(f"rl.tau_neg ({self.tau_neg}) must be >= rl.tau_pos ({self.tau_pos})")
+        return self
+
+
 class Settings(_Section):
     seed: int = 0
     data: DataSettings = DataSettings()
@@ -208,6 +290,7 @@ class Settings(_Section):
     semantic_ids: SemanticIdSettings = SemanticIdSettings()
     features: FeatureSettings = FeatureSettings()
     sft: SFTSettings = SFTSettings()
+    rl: RLSettings = RLSettings()
     schedule: ScheduleSettings = ScheduleSettings()
 
     @property

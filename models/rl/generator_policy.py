@@ -126,8 +126,8 @@ class GeneratorPolicy(nn.Module):
             prefix = torch.cat([prefix, token], dim=1)
         tokens = prefix.view(b, group_size, -1)
         logp = torch.stack(logps, 1).view(b, group_size, -1)
-        if self.config.rescore:
-            logp = self.log_probs(prompts, tokens)
+        if self.config.rescore:  # log_probs' own computation on the same (deterministic) encoder output
+            logp = self._score(memory, memory_mask, tokens)
         return tokens, logp, torch.ones_like(logp)
 
     def _allowed_per_level(self, flat: torch.Tensor) -> list[torch.Tensor]:
@@ -147,6 +147,9 @@ class GeneratorPolicy(nn.Module):
     def log_probs(self, prompts: dict, tokens: torch.Tensor) -> torch.Tensor:
         """Float[B, G, L+1]: log pi(c_d | c_<d, u) under the trie-constrained softmax (differentiable)."""
         memory, memory_mask = self.model.encode(prompts)
+        return self._score(memory, memory_mask, tokens)
+
+    def _score(self, memory: torch.Tensor, memory_mask: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor:
         b = memory.shape[0]
         if tokens.dim() != 3 or tokens.shape[0] != b or tokens.shape[2] != self.n_levels:
             raise ValueError(f"tokens must be [B={b}, G, {self.n_levels}], got {tuple(tokens.shape)}")
@@ -329,13 +332,21 @@ def make_reward_fn(
 
 
 @torch.no_grad()
-def expected_reward(policy: GeneratorPolicy, prompts: dict, reward_fn, group_size: int = 8, seed: int = 0) -> dict:
-    """Monte-Carlo mean reward of the policy on fixed prompts (fixed seed: before/after numbers are paired).
-    Returns {"mean": float, "per_scenario": {scenario id: mean}, "valid_share": float}."""
+def expected_reward(
+    policy: GeneratorPolicy, prompts: dict, reward_fn, group_size: int = 8, seed: int = 0, batch_size: int = 256
+) -> dict:
+    """Monte-Carlo mean reward of the policy on fixed prompts, G samples each, in chunks of ``batch_size`` prompts
+    (fixed seed: before/after numbers are paired). Returns {"mean", "per_scenario": {scenario id: mean},
+    "valid_share", "rewards": Float[B, G]}."""
     gen = torch.Generator().manual_seed(seed)
-    tokens, _, _ = policy.sample(prompts, group_size, gen)
-    r = torch.as_tensor(reward_fn(prompts, tokens), dtype=torch.float32)
-    _, valid = policy.items(tokens)
+    n = int(prompts["scenario"].shape[0])
+    rewards, valids = [], []
+    for start in range(0, n, batch_size):  # loop over prompt chunks (memory), not items
+        chunk = {k: v[start : start + batch_size] for k, v in prompts.items() if isinstance(v, torch.Tensor)}
+        tokens, _, _ = policy.sample(chunk, group_size, gen)
+        rewards.append(torch.as_tensor(reward_fn(chunk, tokens), dtype=torch.float32))
+        valids.append(policy.items(tokens)[1])
+    r, valid = torch.cat(rewards), torch.cat(valids)
     scen = prompts["scenario"].long().cpu()
     per = {int(s): float(r[scen == s].mean()) for s in torch.unique(scen)}
-    return {"mean": float(r.mean()), "per_scenario": per, "valid_share": float(valid.float().mean())}
+    return {"mean": float(r.mean()), "per_scenario": per, "valid_share": float(valid.float().mean()), "rewards": r}

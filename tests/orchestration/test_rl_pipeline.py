@@ -1,0 +1,124 @@
+"""RL post-training through real Dagster runs on the small world: reward_model -> rl_policy -> blocking check."""
+
+import json
+
+import pandas as pd
+import pytest
+import torch
+from dagster import AssetKey, DagsterInstance
+
+from orchestration.definitions import build_definitions
+from orchestration.jobs import PARTITION_RANGE_END, PARTITION_RANGE_START, all_scenarios_tags
+from orchestration.partitions import instruction_day_partitions
+
+from .conftest import make_resources
+from .test_pipeline import error_chain
+
+TINY_SFT = {"d_model": 32, "n_heads": 2, "enc_layers": 1, "dec_layers": 1, "max_epochs": 1, "batch_size": 64,
+            "limit_train_batches": 4, "limit_val_batches": 2, "beam_width": 10, "warmup_steps": 2, "igr_top_k": 5}
+# a tiny RL budget: ~10 s per materialization on the small world
+TINY_RL = {"steps": 12, "prompts_per_step": 16, "group_size": 8, "max_examples": 3000, "eval_examples": 150,
+           "reward_model": {"epochs": 2}}
+RL_KEYS = [AssetKey("reward_model"), AssetKey("rl_policy")]
+
+
+@pytest.fixture(scope="module")
+def sft_world(tmp_path_factory, small_world_dir):
+    """The small world through ingest, instructions, daily retraining and a tiny SFT run."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    root = tmp_path_factory.mktemp("rl") / "data"
+    defs = build_definitions(resources=make_resources(root, small_world_dir))
+    world_days = pd.to_datetime(pd.read_parquet(small_world_dir / "interactions.parquet")["timestamp"], unit="s")
+    days = [d for d in instruction_day_partitions.get_partition_keys()
+            if world_days.min().strftime("%Y-%m-%d") < d <= (world_days.max() + pd.Timedelta(days=1)).strftime("%Y-%m-%d")]
+    with DagsterInstance.ephemeral() as instance:
+        for job, tags in (("ingest", all_scenarios_tags()),
+                          ("daily_instructions", {PARTITION_RANGE_START: days[-7], PARTITION_RANGE_END: days[-1]}),
+                          ("daily_retraining", all_scenarios_tags())):
+            assert defs.resolve_job_def(job).execute_in_process(instance=instance, tags=tags).success
+        sft = build_definitions(resources=make_resources(root, None, sft=TINY_SFT))
+        assert sft.resolve_implicit_global_asset_job_def().execute_in_process(
+            instance=instance, asset_selection=[AssetKey("sft_model")]).success
+    yield root
+    torch.set_num_threads(threads)
+
+
+def materialize_rl(root, **rl):
+    defs = build_definitions(resources=make_resources(root, None, sft=TINY_SFT, rl={**TINY_RL, **rl}))
+    with DagsterInstance.ephemeral() as instance:
+        return defs.resolve_implicit_global_asset_job_def().execute_in_process(
+            instance=instance, asset_selection=RL_KEYS, raise_on_error=False)
+
+
+def gate(result) -> list:
+    return [e for e in result.get_asset_check_evaluations() if e.check_name == "rl_policy_no_regression"]
+
+
+def metadata(result, asset: str) -> dict:
+    event = next(e for e in result.get_asset_materialization_events() if e.asset_key.to_user_string() == asset)
+    return {k: getattr(v, "value", v) for k, v in event.step_materialization_data.materialization.metadata.items()}
+
+
+@pytest.fixture(scope="module")
+def accepted(sft_world):
+    result = materialize_rl(sft_world, hr10_tolerance=0.05)
+    return sft_world, result
+
+
+def test_rl_policy_raises_reward_over_sft_and_passes_the_gate(accepted):
+    root, result = accepted
+    assert result.success
+    [check] = gate(result)
+    assert check.passed
+
+    reward = metadata(result, "reward_model")
+    assert reward["auc_click"] > 0.55  # better than the constant predictor (AUC 0.5) on held-out rows
+    assert "auc_constant" in reward["heads"] and "logloss_constant" in reward["heads"]
+
+    manifest = json.loads((root / "rl_policy" / "_.json").read_text())
+    assert manifest["algorithm"] == "sagcpo" and manifest["steps"] == TINY_RL["steps"]
+    assert manifest["stopped_reason"] == "steps_done" and not manifest["kl_blowup"]
+    assert manifest["reward_rl"] > manifest["reward_sft"]  # RL improves the mean reward on validation prompts
+    assert manifest["val_hr10_rl"] >= manifest["val_hr10_sft"] - 0.05
+    assert {r["group"] for r in manifest["per_scenario"]} >= {"overall"}
+    meta = metadata(result, "rl_policy")
+    assert meta["val_hr10_sft"] == manifest["val_hr10_sft"] and meta["reward_rl"] == manifest["reward_rl"]
+    assert "base64" in meta["curves"]
+    # the history has reward, KL and entropy curves
+    assert all({"reward_mean", "kl_after", "entropy"} <= set(h) for h in manifest["history"])
+
+    policy = torch.load(manifest["checkpoint"], weights_only=True)["state_dict"]
+    sft_ckpt = torch.load(json.loads((root / "sft_model" / "_.json").read_text())["checkpoint"], weights_only=True)
+    sft_state = {k[len("model."):]: v for k, v in sft_ckpt["state_dict"].items() if k.startswith("model.")}
+    assert set(policy) == set(sft_state)
+    assert any(not torch.equal(policy[k], sft_state[k]) for k in policy)  # the policy moved away from SFT
+
+
+def test_gate_refuses_a_policy_below_the_tolerance_and_reports_a_kl_blowup(accepted):
+    root, _ = accepted
+    # a negative tolerance demands an improvement of 1.0 in HR@10: no policy can pass
+    result = materialize_rl(root, hr10_tolerance=-1.0, kl_stop=1e-12)
+    assert not result.success
+    [check] = gate(result)
+    assert not check.passed and "refused" in check.description
+    values = {k: getattr(v, "value", v) for k, v in check.metadata.items()}
+    assert {"val_hr10_sft", "val_hr10_rl", "tolerance"} <= set(values) and values["tolerance"] == -1.0
+    meta = metadata(result, "rl_policy")
+    assert meta["kl_blowup"] and meta["stopped_reason"] == "kl_stop" and meta["steps"] == 1
+
+
+def test_an_exploding_update_fails_clearly_and_keeps_the_last_good_policy(accepted):
+    root, _ = accepted
+    before = (root / "rl_policy" / "_.json").read_text()
+    result = materialize_rl(root, lr=1e8)
+    assert not result.success
+    message = " ".join(error_chain(e.step_failure_data.error) for e in result.get_step_failure_events())
+    assert "non-finite" in message and "last good policy is saved at" in message
+    assert (root / "rl_policy" / "_.json").read_text() == before  # the previous materialization is untouched
+    saved = message.split("saved at ")[1].split(";")[0]
+    restored = torch.load(saved, weights_only=True)["state_dict"]
+    sft_ckpt = torch.load(json.loads((root / "sft_model" / "_.json").read_text())["checkpoint"], weights_only=True)
+    sft_state = {k[len("model."):]: v for k, v in sft_ckpt["state_dict"].items() if k.startswith("model.")}
+    assert all(torch.equal(restored[k], sft_state[k]) for k in sft_state)  # restored to the state before the step
+    assert not gate(result)  # nothing to check: no new policy
