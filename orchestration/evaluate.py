@@ -60,8 +60,7 @@ def main(argv: list[str] | None = None) -> int:
     print_summary(results)
     evaluation = settings.data_root / "sft_evaluation" / "_.parquet"
     if not evaluation.is_file() or len(results) < 4:
-        print(f"
-evaluation FAILED before sft_evaluation was built ({len(results)} runs); see the errors above",
+        print(f"\nevaluation FAILED before sft_evaluation was built ({len(results)} runs); see the errors above",
               file=sys.stderr)
         return 1
     table = pd.read_parquet(evaluation)
@@ -71,11 +70,9 @@ evaluation FAILED before sft_evaluation was built ({len(results)} runs); see the
     out = args.out or settings.data_root / "metrics.json"
     out.write_text(json.dumps(report, indent=1))
     test = table[(table["split"] == "test") & (table["group"] == "overall")]
-    print("
-test split, all scenarios:")
+    print("\ntest split, all scenarios:")
     print(test[["model", "n", "hr@10", "ndcg@10"]].to_string(index=False))
-    print(f"
-metrics written to {out}")
+    print(f"\nmetrics written to {out}")
     return 0
 
 
