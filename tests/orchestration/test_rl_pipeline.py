@@ -122,3 +122,22 @@ def test_an_exploding_update_fails_clearly_and_keeps_the_last_good_policy(accept
     sft_state = {k[len("model."):]: v for k, v in sft_ckpt["state_dict"].items() if k.startswith("model.")}
     assert all(torch.equal(restored[k], sft_state[k]) for k in sft_state)  # restored to the state before the step
     assert not gate(result)  # nothing to check: no new policy
+
+
+def test_rl_comparison_runs_every_algorithm_and_share_on_the_same_budget(accepted):
+    root, _ = accepted
+    rl = {**TINY_RL, "comparison": {"algorithms": ["grpo", "sagcpo"], "synthetic_shares": [0.0, 0.5], "steps": 3}}
+    defs = build_definitions(resources=make_resources(root, None, sft=TINY_SFT, rl=rl))
+    with DagsterInstance.ephemeral() as instance:
+        result = defs.resolve_implicit_global_asset_job_def().execute_in_process(
+            instance=instance, asset_selection=[AssetKey("rl_comparison")])
+    assert result.success
+    table = pd.read_parquet(root / "rl_comparison" / "_.parquet")
+    runs = table[table["algorithm"] != "sft"]
+    assert sorted(zip(runs["algorithm"], runs["synthetic_share"])) == [
+        ("grpo", 0.0), ("grpo", 0.5), ("sagcpo", 0.0), ("sagcpo", 0.5)]
+    assert (runs["steps"] == 3).all() and (runs["status"] == "steps_done").all()
+    sft = table[table["algorithm"] == "sft"].iloc[0]
+    assert sft["reward"] == pytest.approx(json.loads((root / "rl_policy" / "_.json").read_text())["reward_sft"])
+    assert (runs["reward_gain"] == runs["reward"] - sft["reward"]).all()
+    assert (root / "rl_comparison" / "comparison.png").stat().st_size > 1000
