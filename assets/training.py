@@ -4,6 +4,7 @@ no-worse-than-baseline gate, and the paper's ablations (``sft_ablations``, group
 import dataclasses
 import hashlib
 import json
+import shutil
 
 import matplotlib
 
@@ -136,6 +137,7 @@ def sasrec_baseline(
     split = leave_last_out(interaction_log)
     encoder = encode_ids(split.items)
     out_dir = artifacts.asset_dir("sasrec_baseline")
+    shutil.rmtree(out_dir / "lightning", ignore_errors=True)  # a fresh fit each time: no stale best.ckpt to pick up
     sft = params.settings.sft
     model, metrics = train_sasrec(split, config, encoder=encoder, default_root_dir=out_dir / "lightning",
                                   accelerator=sft.accelerator, devices=sft.devices)
