@@ -257,7 +257,7 @@ for name in ["ingest", "daily_instructions", "daily_retraining", "scenario_refre
     config = {"ops": {"instruction_updates": {"config": {"user_ids": ["u1"]}}}} if name == "instruction_updates_job" else {}
     validate_run_config(job, config)
     jobs[name] = job.executor_def.name
-resources = repo.get_top_level_resources()
+resources = defs.resources  # the resource objects the code location was built with
 print(json.dumps({
     "jobs": jobs,
     "sensors": sorted(s.name for s in repo.sensor_defs),
