@@ -12,6 +12,7 @@ asset-check list without anyone running anything.
 from __future__ import annotations
 
 import datetime as dt
+import warnings
 
 from dagster import build_last_update_freshness_checks, build_sensor_for_freshness_checks
 
@@ -27,12 +28,15 @@ FRESH_ASSETS = [
     "training_examples",
 ]
 
-freshness_checks = [
-    check
-    for name in FRESH_ASSETS  # one check per asset: each can run with any subset of the graph
-    for check in build_last_update_freshness_checks(assets=[name], lower_bound_delta=MAX_STALENESS)
-]
-
-freshness_checks_sensor = build_sensor_for_freshness_checks(
-    freshness_checks=freshness_checks, minimum_interval_seconds=600, name="freshness_checks_sensor"
-)
+# Dagster 1.13 marks these builders "superseded" by FreshnessPolicy, whose state is computed by a daemon
+# and cannot be asserted in a plain run; the checks are still supported and show a pass/fail per asset.
+with warnings.catch_warnings():
+    warnings.filterwarnings("ignore", message=".*superseded.*")
+    freshness_checks = [
+        check
+        for name in FRESH_ASSETS  # one check per asset: each can run with any subset of the graph
+        for check in build_last_update_freshness_checks(assets=[name], lower_bound_delta=MAX_STALENESS)
+    ]
+    freshness_checks_sensor = build_sensor_for_freshness_checks(
+        freshness_checks=freshness_checks, minimum_interval_seconds=600, name="freshness_checks_sensor"
+    )
