@@ -123,3 +123,23 @@ def test_a_param_change_reruns_only_the_downstream_stage(repo, first_repro):
     assert json.loads(repo.dvc("status", "--json", "--with-deps", "semantic_ids")) == {}
     metrics_diff = json.loads(repo.dvc("metrics", "diff", "--json"))
     assert "data/semantic_id_codebook/_.json" in metrics_diff
+
+
+def test_stage_partition_ranges_match_the_default_params():
+    """The two stages not run above have fixed partition ranges: they must be the default world's partitions."""
+    import datetime as dt
+    import re
+
+    from orchestration.partitions import instruction_day_bounds, resolve_scenarios
+    from orchestration.settings import DEFAULT_CONFIG, load_settings
+
+    settings = load_settings(DEFAULT_CONFIG)
+    stages = yaml.safe_load((PROJECT_ROOT / "dvc.yaml").read_text())["stages"]
+    ranges = {name: re.findall(r"--partition-range (\S+)\.\.\.(\S+)", stage["cmd"]) for name, stage in stages.items()}
+    scenarios = resolve_scenarios(settings)
+    assert ranges["ingest_interactions"] == [(scenarios[0], scenarios[-1])]
+    start, end = instruction_day_bounds(settings)
+    assert ranges["reasoning_instructions"] == [(start.isoformat(), (end - dt.timedelta(days=1)).isoformat())]
+    for name, stage in stages.items():  # every stage materializes in process and names its asset code
+        assert "-c orchestration/in_process.yaml" in stage["cmd"], name
+        assert any(str(dep).startswith("assets/") for dep in stage["deps"]), name
