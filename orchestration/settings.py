@@ -255,7 +255,7 @@ class RLSettings(_Section):
     group_size: int = Field(8, ge=2)           # G items sampled per prompt
     prompts_per_step: int = Field(32, ge=1)
     steps: int = Field(30, ge=1)
-    lr: float = Field(1e-4, gt=0)
+    lr: float = Field(1e-5, gt=0)
     kl_coef: float = Field(0.04, ge=0)         # beta of the k3 KL to the frozen SFT reference
     tau_pos: float = Field(1.0, gt=0)          # SA-GCPO gate temperatures (tau_neg >= tau_pos)
     tau_neg: float = Field(1.05, gt=0)
