@@ -290,7 +290,8 @@ def reward_model(
     }
 
 
-@asset(group_name=GROUP, kinds={"pytorch"}, code_version="1")
+# deps on sft_evaluation: RL starts only from an SFT model its blocking gate (sft_beats_baseline) accepted
+@asset(group_name=GROUP, kinds={"pytorch"}, code_version="1", deps=["sft_evaluation"])
 def rl_policy(
     context: AssetExecutionContext,
     sft_model: dict,

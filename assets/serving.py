@@ -1,4 +1,5 @@
-"""Serving: export the SFT generator into a Triton model repository version and deploy it atomically.
+"""Serving: export the RL policy (the post-trained generator) into a Triton model repository version and deploy it
+atomically.
 
 ``deployed_model`` publishes version N+1 of every model into the repository the server watches, loads it,
 checks that the served recommendations equal the in-process beam search for fixed smoke users, and rolls
@@ -37,20 +38,23 @@ SMOKE_USERS = 8
 SMOKE_BEAM, SMOKE_TOP_K = 20, 10
 
 
-# deps on sft_evaluation: its blocking gate (sft_beats_baseline) must pass before anything is exported
-@asset(group_name=GROUP, kinds={"onnx", "triton"}, code_version="1", deps=["sft_evaluation"])
+# rl_policy is built only from a gated SFT model and is itself gated (rl_policy_no_regression)
+@asset(group_name=GROUP, kinds={"onnx", "triton"}, code_version="2")
 def triton_model_repository(
-    context: AssetExecutionContext, sft_model: dict, item_semantic_ids: pd.DataFrame, artifacts: ArtifactStoreResource
+    context: AssetExecutionContext, rl_policy: dict, item_semantic_ids: pd.DataFrame, artifacts: ArtifactStoreResource
 ) -> dict:
-    """The generator exported to ONNX and rendered into a staged Triton repository version (not yet served)."""
+    """The RL policy exported to ONNX and rendered into a staged Triton repository version (not yet served)."""
     sid_table = SemanticIdTable.from_frame(item_semantic_ids)
-    model = load_generator(sft_model["checkpoint"])
+    model = load_generator(rl_policy["checkpoint"])
     trie = SIDTrie.from_codes(sid_table.codes, sid_table.vocab_sizes)
     staged = artifacts.asset_dir("triton_model_repository") / "staged"
     shutil.rmtree(staged, ignore_errors=True)  # staging only: the served repository is never touched here
     paths = write_model_repository(staged, 1, model, trie, sid_table.item_ids, ServingConfig())
-    context.add_output_metadata({"staged": str(staged), "models": MetadataValue.json({k: str(v) for k, v in paths.items()})})
-    return {"staged": str(staged), "checkpoint": sft_model["checkpoint"], "encoder": sft_model["encoder"]}
+    context.add_output_metadata({"staged": str(staged), "source_checkpoint": rl_policy["checkpoint"],
+                                 "algorithm": rl_policy.get("algorithm", ""),
+                                 "models": MetadataValue.json({k: str(v) for k, v in paths.items()})})
+    return {"staged": str(staged), "checkpoint": rl_policy["checkpoint"], "encoder": rl_policy["encoder"],
+            "generator_config": model.cfg.to_dict()}
 
 
 def smoke_inputs(training_examples: pd.DataFrame, encoder: ExampleEncoder, model) -> tuple[pd.DataFrame, dict]:

@@ -19,6 +19,7 @@ from .jobs import (
     daily_retraining_job,
     daily_retraining_schedule,
     ingest_job,
+    refresh_features_job,
     scenario_refresh_job,
     train_sft_job,
     deploy_job,
@@ -39,7 +40,8 @@ def build_definitions(resources: dict | None = None) -> Definitions:
     return Definitions(
         assets=load_assets_from_modules(ASSET_MODULES),
         asset_checks=[*load_asset_checks_from_modules(CHECK_MODULES), *freshness_checks],
-        jobs=[ingest_job, daily_instructions_job, daily_retraining_job, scenario_refresh_job, instruction_updates_job,
+        jobs=[ingest_job, daily_instructions_job, daily_retraining_job, refresh_features_job, scenario_refresh_job,
+              instruction_updates_job,
               train_sft_job, deploy_job],
         sensors=[high_value_action_sensor, new_raw_file_sensor, run_failure_notifier, freshness_checks_sensor],
         schedules=[daily_instructions_schedule, daily_retraining_schedule],

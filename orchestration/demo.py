@@ -1,4 +1,5 @@
-"""``make demo``: materialize the whole graph for every scenario in one run, then print what was built.
+"""``make demo``: ingest, the daily instructions, then the scheduled ``daily_retraining`` job (features -> SFT ->
+RL -> deploy to a local tritonserver, every gate) for every scenario, and recommendations served by Triton.
 
 The run is recorded in the Dagster instance at ``$DAGSTER_HOME``, so ``make ui`` shows it afterwards.
 """
@@ -31,29 +32,35 @@ SUMMARY_KEYS = (
     "dagster/row_count", "items", "users", "dimension", "embedded_now", "served_from_cache",
     "text_items_per_second", "codebook_version", "refit", "l1_coverage", "collision_p99", "newly_assigned",
     "days", "instructions", "online_store", "example_user", "with_instruction", "epochs", "best_val_hr10",
-    "train_seconds", "hr10", "ndcg10", "versions", "smoke_users", "seconds",
+    "train_seconds", "hr10", "ndcg10", "valid_hr10", "reward_sft", "reward_rl", "val_hr10_sft", "val_hr10_rl",
+    "versions", "smoke_users", "seconds",
 )
 
 
-def run_pipeline(instance: DagsterInstance | None = None, raise_on_error: bool = True):
-    """What a first day in production does, in order: ingest every scenario, backfill the daily
-    reasoning instructions over the data span, then the retraining job (features -> ... with every gate)."""
-    from .definitions import defs
+FEATURE_STAGES = ("ingest", "daily_instructions", "refresh_features")
 
+
+def stage_tags(job_name: str) -> dict[str, str]:
+    if job_name == "daily_instructions":
+        days = instruction_day_partitions.get_partition_keys()
+        return {PARTITION_RANGE_START: days[0], PARTITION_RANGE_END: days[-1]}
+    return all_scenarios_tags() if job_name in ("ingest", "refresh_features", "daily_retraining") else {}
+
+
+def run_pipeline(instance: DagsterInstance | None = None, raise_on_error: bool = True,
+                 stages: tuple[str, ...] = (*FEATURE_STAGES, "train_sft"), defs=None):
+    """What a first day in production does, in order: ingest every scenario, backfill the daily reasoning
+    instructions over the data span, then the given jobs (by default features and training, no serving).
+    Stops at the first failed run."""
+    if defs is None:
+        from .definitions import defs
     instance = instance or DagsterInstance.get()
-    days = instruction_day_partitions.get_partition_keys()
-    stages = [
-        ("ingest", all_scenarios_tags()),
-        ("daily_instructions", {PARTITION_RANGE_START: days[0], PARTITION_RANGE_END: days[-1]}),
-        ("daily_retraining", all_scenarios_tags()),
-    ]
     results = []
-    stages.append(("train_sft", {}))
-    for job_name, tags in stages:
+    for job_name in stages:
         print(f"== {job_name}", flush=True)
         result = defs.resolve_job_def(job_name).execute_in_process(
             instance=instance,
-            tags={**tags, "oxyrec/trigger": "demo"},
+            tags={**stage_tags(job_name), "oxyrec/trigger": "demo"},
             run_config={"loggers": {"console": {"config": {"log_level": "INFO"}}}},  # step events stay in the UI
             raise_on_error=raise_on_error,
         )
@@ -63,44 +70,50 @@ def run_pipeline(instance: DagsterInstance | None = None, raise_on_error: bool =
     return results
 
 
-def serve_and_recommend(instance: DagsterInstance, users_per_scenario: int = 1,
-                        scenarios: tuple[str, ...] = ("homepage", "cart", "search")) -> object:
-    """Start a local Triton on the published repository, run the deploy job against it, print recommendations."""
+def recommend_for_a_few_users(recommender, server_url: str, users_per_scenario: int,
+                              scenarios: tuple[str, ...]) -> None:
+    settings = current_settings()
+    log = pd.read_parquet(settings.data_root / "interaction_log" / "_.parquet",
+                          columns=["user_id", "scenario", "timestamp"]).sort_values("timestamp")
+    shown = [s for s in scenarios if s in recommender.encoder.scenarios] or list(recommender.encoder.scenarios)[:3]
+    for scenario in shown:
+        # the users most recently active in this scenario: their instructions say the most
+        recent = log.loc[log["scenario"] == scenario, "user_id"].drop_duplicates(keep="last")
+        for user in recent.tail(users_per_scenario):
+            table = recommender.recommend(user, scenario, k=5)
+            instruction = recommender.last_features.get("instruction_text") or "(default instruction)"
+            print(f"\n  user {user} / {scenario}  (served by Triton at {server_url})")
+            print(f"  instruction: {instruction[:160]}{'...' if len(instruction) > 160 else ''}")
+            for row in table.itertuples():
+                print(f"    {row.rank}. {row.title}  [{row.item_id}]  log p = {row.score:.2f}")
+
+
+def run_with_local_triton(instance: DagsterInstance, users_per_scenario: int = 1,
+                          scenarios: tuple[str, ...] = ("homepage", "cart", "search")) -> list:
+    """Features, then a local tritonserver on 127.0.0.1 and the scheduled ``daily_retraining`` job against it
+    (SFT -> RL -> export -> deploy, every gate), then recommendations served by Triton for a few users."""
     from .definitions import build_definitions
     from .resources import TritonResource
     from .serving import TritonServer, ensure_tritonserver
     from .serving.recommend import Recommender
 
     settings = current_settings()
+    results = run_pipeline(instance, raise_on_error=False, stages=("ingest", "daily_instructions"))
+    if not all(r.success for r in results):
+        print_summary(results)
+        return results
     repo = settings.data_root / "triton_repository"
     repo.mkdir(parents=True, exist_ok=True)
-    print("== deploy (local tritonserver on 127.0.0.1)", flush=True)
+    print("== tritonserver on 127.0.0.1 (the deploy target of daily_retraining)", flush=True)
     server = TritonServer(repo, home=ensure_tritonserver(), log_path=settings.data_root / "triton.log").start()
     try:
         defs = build_definitions(resources={"triton": TritonResource(url=server.http_url, repository=str(repo))})
-        result = defs.resolve_job_def("deploy").execute_in_process(
-            instance=instance,
-            tags={"oxyrec/trigger": "demo"},
-            run_config={"loggers": {"console": {"config": {"log_level": "INFO"}}}},
-            raise_on_error=False,
-        )
-        if not result.success:
-            return result
-        recommender = Recommender.from_data_dir(settings.data_root, server.http_url)
-        log = pd.read_parquet(settings.data_root / "interaction_log" / "_.parquet",
-                              columns=["user_id", "scenario", "timestamp"]).sort_values("timestamp")
-        shown = [s for s in scenarios if s in recommender.encoder.scenarios] or list(recommender.encoder.scenarios)[:3]
-        for scenario in shown:
-            # the users most recently active in this scenario: their instructions say the most
-            recent = log.loc[log["scenario"] == scenario, "user_id"].drop_duplicates(keep="last")
-            for user in recent.tail(users_per_scenario):
-                table = recommender.recommend(user, scenario, k=5)
-                instruction = recommender.last_features.get("instruction_text") or "(default instruction)"
-                print(f"\n  user {user} / {scenario}  (served by Triton at {server.http_url})")
-                print(f"  instruction: {instruction[:160]}{'...' if len(instruction) > 160 else ''}")
-                for row in table.itertuples():
-                    print(f"    {row.rank}. {row.title}  [{row.item_id}]  log p = {row.score:.2f}")
-        return result
+        results += run_pipeline(instance, raise_on_error=False, stages=("daily_retraining",), defs=defs)
+        print_summary(results)
+        if results[-1].success:
+            recommender = Recommender.from_data_dir(settings.data_root, server.http_url)
+            recommend_for_a_few_users(recommender, server.http_url, users_per_scenario, scenarios)
+        return results
     finally:
         server.stop()
 
@@ -143,14 +156,8 @@ def main(argv: list[str] | None = None) -> int:
     # should show the pipeline, not those notices.
     warnings.filterwarnings("ignore", message=".*(currently in beta|currently in preview).*")
     start = time.perf_counter()
-    instance = DagsterInstance.get()
-    results = run_pipeline(instance=instance, raise_on_error=False)
-    print_summary(results)
-    ok = all(r.success for r in results) and len(results) == 4
-    if ok:
-        deployed = serve_and_recommend(instance)
-        print_run(deployed)
-        ok = deployed.success
+    results = run_with_local_triton(DagsterInstance.get())
+    ok = all(r.success for r in results) and len(results) == 3
     print(f"\n{len(results)} runs {'succeeded' if ok else 'FAILED'} in {time.perf_counter() - start:.1f} s")
     print("browse them: make ui  ->  http://127.0.0.1:3000")
     return 0 if ok else 1

@@ -1,8 +1,10 @@
 """Jobs and schedules.
 
-``daily_retraining`` materializes the whole graph (every gate included) in ONE run over every scenario
-partition: the per-scenario assets use single-run backfill policies, so the run covers the full
-partition range and the unified assets downstream run once, after all scenarios.
+``daily_retraining`` (the scheduled job) materializes the whole graph in ONE run over every scenario partition:
+raw data → features → SFT + SASRec → evaluation gate → reward model → RL → export gate → deploy to Triton, every
+blocking check included. The per-scenario assets use single-run backfill policies, so the run covers the full
+partition range and the unified assets downstream run once, after all scenarios. ``refresh_features`` is the
+same run without training and serving (data and features only).
 Assets in the ``analysis`` group (ablations, comparisons) are off the schedule: materialize them on demand.
 """
 
@@ -42,24 +44,32 @@ daily_instructions_job = define_asset_job(
     description="Slow thinking: the daily full refresh of every user's reasoning instruction.",
 )
 
+# the instructions have their own daily job; the near-line updates are the sensor's
+_SCHEDULED = AssetSelection.all() - AssetSelection.groups("analysis") - AssetSelection.assets(
+    "reasoning_instructions", "instruction_updates")
+
 daily_retraining_job = define_asset_job(
     "daily_retraining",
-    selection=AssetSelection.all()
-    - AssetSelection.groups("analysis", "training", "serving")
-    - AssetSelection.assets("reasoning_instructions", "instruction_updates"),
-    description="Every asset and gate, all scenarios, in one run (the scheduled retraining).",
+    selection=_SCHEDULED,
+    description="The scheduled retraining, all scenarios in one run: features -> SFT -> RL -> deploy, every gate.",
+)
+
+refresh_features_job = define_asset_job(
+    "refresh_features",
+    selection=_SCHEDULED - AssetSelection.groups("training", "serving"),
+    description="Raw data -> embeddings -> semantic IDs -> Feast -> training set, every gate, no training.",
 )
 
 train_sft_job = define_asset_job(
     "train_sft",
     selection=AssetSelection.groups("training"),
-    description="SFT of the unified generator and its evaluation (not yet in the daily job).",
+    description="SFT + SASRec, their evaluation and gate, the reward model and RL post-training.",
 )
 
 deploy_job = define_asset_job(
     "deploy",
     selection=AssetSelection.groups("serving"),
-    description="Export the SFT generator and deploy it to Triton (atomic, smoke-tested, rolled back on failure).",
+    description="Export the RL policy and deploy it to Triton (parity gate, atomic, smoke-tested, rolled back on failure).",
 )
 
 scenario_refresh_job = define_asset_job(

@@ -32,9 +32,9 @@ class Recommender:
         from feature_repo.store import OxyFeatureStore
 
         root = Path(root)
-        manifest_path = root / "sft_model" / "_.json"
+        manifest_path = root / "triton_model_repository" / "_.json"  # what was exported for serving
         if not manifest_path.exists():
-            raise FileNotFoundError(f"{manifest_path} not found: materialize sft_model (job train_sft) first")
+            raise FileNotFoundError(f"{manifest_path} not found: materialize triton_model_repository (job deploy) first")
         manifest = json.loads(manifest_path.read_text())
         sid_table = SemanticIdTable.from_frame(pd.read_parquet(root / "item_semantic_ids" / "_.parquet"))
         encoder = ExampleEncoder.load(manifest["encoder"], sid_table)

@@ -19,6 +19,9 @@ from orchestration.resources import (
 )
 
 SMALL_WORLD = dict(n_items=240, n_users=150, n_days=30, seed=3, start_date="2026-09-01")
+# a few seconds of RL post-training on the small world
+TINY_RL = {"steps": 12, "lr": 1e-4, "prompts_per_step": 16, "group_size": 8, "max_examples": 3000, "eval_examples": 150,
+           "reward_model": {"epochs": 2}}
 
 
 def small_params(root: Path, **overrides) -> str:

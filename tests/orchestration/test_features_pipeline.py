@@ -14,7 +14,7 @@ from orchestration.definitions import build_definitions
 from orchestration.jobs import PARTITION_RANGE_END, PARTITION_RANGE_START, all_scenarios_tags
 from orchestration.partitions import instruction_day_partitions
 
-from .conftest import make_resources
+from .conftest import TINY_RL, make_resources
 from .test_pipeline import error_chain
 
 FEATURE_STAGES = ["scenario_instructions", "feature_sources", "feast_registry", "online_features", "training_examples"]
@@ -34,7 +34,7 @@ def pipeline(tmp_path_factory, small_world_dir):
             defs.resolve_job_def("daily_instructions").execute_in_process(
                 instance=instance, tags={PARTITION_RANGE_START: days[-7], PARTITION_RANGE_END: days[-1]}
             ),
-            defs.resolve_job_def("daily_retraining").execute_in_process(instance=instance, tags=all_scenarios_tags()),
+            defs.resolve_job_def("refresh_features").execute_in_process(instance=instance, tags=all_scenarios_tags()),
         ]
     assert all(r.success for r in runs)
     return root, runs, days[-7:]
@@ -142,12 +142,13 @@ TINY_SFT = {"d_model": 32, "n_heads": 2, "enc_layers": 1, "dec_layers": 1, "max_
             "limit_train_batches": 4, "limit_val_batches": 2, "beam_width": 10, "warmup_steps": 2, "igr_top_k": 5,
             "sasrec": {"hidden": 16, "max_len": 10, "max_epochs": 2, "patience": 1},
             "gate_tolerance": 1.0}  # a 4-batch model is not expected to beat popularity; the gate test sets 0
+RL = {**TINY_RL, "hr10_tolerance": 1.0}  # the RL gate's refusals are tested in test_rl_pipeline.py
 
 
 @pytest.fixture(scope="module")
 def trained(pipeline):
     root, _, _ = pipeline
-    defs = build_definitions(resources=make_resources(root, None, sft=TINY_SFT))
+    defs = build_definitions(resources=make_resources(root, None, sft=TINY_SFT, rl=RL))
     with DagsterInstance.ephemeral() as instance:
         result = defs.resolve_job_def("train_sft").execute_in_process(instance=instance)
     assert result.success
@@ -169,13 +170,13 @@ def test_sft_is_evaluated_against_popularity_and_sasrec_on_the_same_examples(tra
     assert sasrec["metrics"]["epochs"] >= 1 and Path(sasrec["weights"]).is_file()
 
 
-def test_the_gate_refuses_an_untrained_model_and_nothing_is_exported(trained, tmp_path):
+def test_the_gate_refuses_an_untrained_model_and_nothing_downstream_runs(trained, tmp_path):
     root = tmp_path / "data"
     shutil.copytree(trained, root, ignore=shutil.ignore_patterns("triton_repository"))
     # one optimizer step: far below popularity on validation HR@10 (the gate's default baseline)
     untrained = {**TINY_SFT, "limit_train_batches": 1, "lr": 1e-6, "warmup_steps": 0, "gate_tolerance": 0.0}
     defs = build_definitions(resources=make_resources(root, None, sft=untrained))
-    selection = [AssetKey("sft_model"), AssetKey("sft_evaluation"), AssetKey("triton_model_repository")]
+    selection = [AssetKey(k) for k in ("sft_model", "sft_evaluation", "rl_policy", "triton_model_repository")]
     with DagsterInstance.ephemeral() as instance:
         result = defs.resolve_implicit_global_asset_job_def().execute_in_process(
             instance=instance, asset_selection=selection, raise_on_error=False)
@@ -184,7 +185,7 @@ def test_the_gate_refuses_an_untrained_model_and_nothing_is_exported(trained, tm
     assert not gate.passed
     assert gate.metadata["model_valid_hr10"].value < gate.metadata["baseline_valid_hr10"].value
     built = {e.asset_key.to_user_string() for e in result.get_asset_materialization_events()}
-    assert "sft_evaluation" in built and "triton_model_repository" not in built
+    assert "sft_evaluation" in built and not {"rl_policy", "triton_model_repository"} & built
 
 
 def check_client_path(root, server):
@@ -216,7 +217,7 @@ def test_deploy_serves_in_process_answers_and_rolls_back_a_broken_version(traine
     repo.mkdir(exist_ok=True)
     server = TritonServer(repo, home=ensure_tritonserver(), log_path=tmp_path / "triton.log").start()
     try:
-        resources = make_resources(root, None, sft=TINY_SFT)
+        resources = make_resources(root, None, sft=TINY_SFT, rl=RL)
         resources["triton"] = TritonResource(url=server.http_url, repository=str(repo))
         defs = build_definitions(resources=resources)
         job = defs.resolve_job_def("deploy")

@@ -210,9 +210,17 @@ def test_degenerate_embeddings_fail_the_codebook_gate_and_block_training_inputs(
 
 def test_daily_jobs_cover_the_graph_and_leave_analysis_off():
     defs = build_definitions()
-    daily = {k.to_user_string() for k in defs.resolve_job_def("daily_retraining").asset_layer.executable_asset_keys}
-    assert "semantic_id_comparison" not in daily and "reasoning_instructions" not in daily
-    assert {"training_examples", "online_features", *CORE} <= daily
+
+    def assets_of(job: str) -> set[str]:
+        return {k.to_user_string() for k in defs.resolve_job_def(job).asset_layer.executable_asset_keys}
+
+    daily, features = assets_of("daily_retraining"), assets_of("refresh_features")
+    analysis = {"semantic_id_comparison", "sft_ablations", "rl_comparison"}
+    assert not (analysis | {"reasoning_instructions"}) & daily
+    training_to_serving = {"sft_model", "sasrec_baseline", "sft_evaluation", "reward_model", "rl_policy",
+                           "triton_model_repository", "deployed_model"}
+    assert {"training_examples", "online_features", *CORE} | training_to_serving <= daily
+    assert features == daily - training_to_serving
     instructions = defs.resolve_job_def("daily_instructions")
     assert {k.to_user_string() for k in instructions.asset_layer.executable_asset_keys} == {"reasoning_instructions"}
 

@@ -35,7 +35,7 @@ def sft_world(tmp_path_factory, small_world_dir):
     with DagsterInstance.ephemeral() as instance:
         for job, tags in (("ingest", all_scenarios_tags()),
                           ("daily_instructions", {PARTITION_RANGE_START: days[-7], PARTITION_RANGE_END: days[-1]}),
-                          ("daily_retraining", all_scenarios_tags())):
+                          ("refresh_features", all_scenarios_tags())):
             assert defs.resolve_job_def(job).execute_in_process(instance=instance, tags=tags).success
         sft = build_definitions(resources=make_resources(root, None, sft=TINY_SFT))
         assert sft.resolve_implicit_global_asset_job_def().execute_in_process(
