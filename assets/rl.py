@@ -105,10 +105,12 @@ def item_features(catalog_embeddings: dict, sid_table: SemanticIdTable) -> torch
     return torch.from_numpy(np.ascontiguousarray(catalog_embeddings["fused"][pos], dtype=np.float32))
 
 
-def rl_config(rl: RLSettings, seed: int, algorithm: str | None = None, steps: int | None = None) -> RLConfig:
+def rl_config(rl: RLSettings, seed: int, algorithm: str | None = None, steps: int | None = None,
+              ppo_epochs: int | None = None) -> RLConfig:
     return RLConfig(
         algorithm=algorithm or rl.algorithm, group_size=rl.group_size, lr=rl.lr, beta=rl.kl_coef, tau_pos=rl.tau_pos,
-        tau_neg=rl.tau_neg, group_clip_target=rl.group_clip, ppo_epochs=rl.ppo_epochs, max_grad_norm=rl.max_grad_norm,
+        tau_neg=rl.tau_neg, group_clip_target=rl.group_clip, ppo_epochs=ppo_epochs or rl.ppo_epochs,
+        max_grad_norm=rl.max_grad_norm,
         steps=steps or rl.steps, seed=seed, kl_stop=rl.kl_stop,
     )
 
@@ -177,12 +179,14 @@ class RLSetup:
         return {"hr10": float(overall["hr@10"]), "ndcg10": float(overall["ndcg@10"]), "reward": reward["mean"],
                 "valid_share": reward["valid_share"], "table": table, "n": int(len(scen))}
 
-    def train(self, algorithm: str, synthetic_share: float, steps: int | None = None, log=None):
+    def train(self, algorithm: str, synthetic_share: float, steps: int | None = None, log=None,
+              ppo_epochs: int | None = None):
         """(policy, history) of one RL run; RLTrainingError propagates with the policy restored."""
         policy = GeneratorPolicy(copy.deepcopy(self.sft), self.trie, GeneratorPolicyConfig(temperature=self.rl.temperature))
         prompts = PromptSet(self.train_prompts, len(self.encoder.scenarios),
                             PromptConfig(batch_size=self.rl.prompts_per_step, synthetic_share=synthetic_share))
-        trainer = GroupPolicyTrainer(policy, self.reward_fn, rl_config(self.rl, self.seed, algorithm, steps), self.reference)
+        trainer = GroupPolicyTrainer(policy, self.reward_fn, rl_config(self.rl, self.seed, algorithm, steps, ppo_epochs),
+                                     self.reference)
 
         def on_step(rec: dict) -> None:
             if log is not None and (rec["step"] % 10 == 0):
@@ -407,7 +411,8 @@ def rl_comparison(
             start = time.perf_counter()
             row = {"algorithm": algorithm, "synthetic_share": share}
             try:
-                policy, history = setup.train(algorithm, share, cmp.steps, log=context.log.info)
+                policy, history = setup.train(algorithm, share, cmp.steps, log=context.log.info,
+                                              ppo_epochs=cmp.ppo_epochs)
                 after = setup.evaluate(policy)
                 row |= {"status": history[-1]["stopped_reason"], "steps": len(history),
                         "final_kl": history[-1]["kl_after"], "reward": after["reward"], "hr@10": after["hr10"],

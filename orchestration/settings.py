@@ -239,6 +239,10 @@ class RLComparisonSettings(_Section):
     algorithms: list[Literal["grpo", "gspo", "sagcpo"]] = Field(default_factory=lambda: ["grpo", "gspo", "sagcpo"])
     synthetic_shares: list[float] = Field(default_factory=lambda: [0.0, 0.2, 0.33, 0.5])
     steps: int | None = Field(None, ge=1)    # None: rl.steps
+    # Policy updates per sampled batch. With 1 every update is on-policy (ratio == 1), where GRPO's clip is
+    # inactive, GSPO's sequence ratio has the token-mean gradient and SA-GCPO's gate weight 4σ(0)(1-σ(0)) = 1:
+    # the three objectives then have identical gradients. The comparison needs > 1 to tell them apart.
+    ppo_epochs: int | None = Field(4, ge=1)  # None: rl.ppo_epochs
 
     @field_validator("synthetic_shares")
     @classmethod

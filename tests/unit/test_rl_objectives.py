@@ -221,3 +221,28 @@ def test_policy_loss_dispatch_and_errors():
         policy_loss("grpo", logp, old, logp, mask, adv[:, :2])
     with pytest.raises(ValueError, match="mask"):
         policy_loss("grpo", logp, old, logp, mask[..., :2], adv)
+
+
+def test_on_policy_the_three_objectives_have_the_same_gradient_and_off_policy_they_differ():
+    """Why rl_comparison uses ppo_epochs > 1: at ratio 1 GRPO's clip is inactive, GSPO's sequence ratio has the
+    token-mean gradient and SA-GCPO's gate weight is 4σ(0)(1-σ(0)) = 1, so one on-policy update is the same
+    step for all three; only once the policy moves within a batch (ratio != 1) do they differ."""
+    g = torch.Generator().manual_seed(0)
+    old = -torch.rand(4, 3, 4, generator=g) * 3
+    mask = torch.ones(4, 3, 4)
+    adv = torch.randn(4, 3, generator=g)
+
+    def grads(shift: torch.Tensor) -> dict[str, torch.Tensor]:
+        out = {}
+        for name in ("grpo", "gspo", "sagcpo"):
+            logp = (old + shift).clone().requires_grad_(True)
+            loss, _ = policy_loss(name, logp, old, old, mask, adv)  # same KL term (reference = old) for all
+            (grad,) = torch.autograd.grad(loss, logp)
+            out[name] = grad
+        return out
+
+    on = grads(torch.zeros_like(old))
+    assert torch.allclose(on["grpo"], on["gspo"], atol=1e-6) and torch.allclose(on["grpo"], on["sagcpo"], atol=1e-6)
+    off = grads(torch.randn(old.shape, generator=g) * 0.5)
+    assert not torch.allclose(off["grpo"], off["gspo"], atol=1e-4)
+    assert not torch.allclose(off["grpo"], off["sagcpo"], atol=1e-4)
