@@ -14,7 +14,7 @@ from orchestration.definitions import build_definitions
 from orchestration.jobs import PARTITION_RANGE_END, PARTITION_RANGE_START, all_scenarios_tags
 from orchestration.partitions import instruction_day_partitions
 
-from .conftest import TINY_RL, make_resources
+from .conftest import TINY_RL, TINY_SFT, make_resources
 from .test_pipeline import error_chain
 
 FEATURE_STAGES = ["scenario_instructions", "feature_sources", "feast_registry", "online_features", "training_examples"]
@@ -138,17 +138,15 @@ def test_high_value_action_updates_only_affected_users_online(pipeline, tmp_path
     assert 0 <= meta["action_to_online_p50_s"].value < 120
 
 
-TINY_SFT = {"d_model": 32, "n_heads": 2, "enc_layers": 1, "dec_layers": 1, "max_epochs": 1, "batch_size": 64,
-            "limit_train_batches": 4, "limit_val_batches": 2, "beam_width": 10, "warmup_steps": 2, "igr_top_k": 5,
-            "sasrec": {"hidden": 16, "max_len": 10, "max_epochs": 2, "patience": 1},
-            "gate_tolerance": 1.0}  # a 4-batch model is not expected to beat popularity; the gate test sets 0
+SFT = {**TINY_SFT, "sasrec": {"hidden": 16, "max_len": 10, "max_epochs": 2, "patience": 1},
+       "gate_tolerance": 1.0}  # a 4-batch model is not expected to beat popularity; the gate test sets 0
 RL = {**TINY_RL, "hr10_tolerance": 1.0}  # the RL gate's refusals are tested in test_rl_pipeline.py
 
 
 @pytest.fixture(scope="module")
 def trained(pipeline):
     root, _, _ = pipeline
-    defs = build_definitions(resources=make_resources(root, None, sft=TINY_SFT, rl=RL))
+    defs = build_definitions(resources=make_resources(root, None, sft=SFT, rl=RL))
     with DagsterInstance.ephemeral() as instance:
         result = defs.resolve_job_def("train_sft").execute_in_process(instance=instance)
     assert result.success
@@ -174,7 +172,7 @@ def test_the_gate_refuses_an_untrained_model_and_nothing_downstream_runs(trained
     root = tmp_path / "data"
     shutil.copytree(trained, root, ignore=shutil.ignore_patterns("triton_repository"))
     # one optimizer step: far below popularity on validation HR@10 (the gate's default baseline)
-    untrained = {**TINY_SFT, "limit_train_batches": 1, "lr": 1e-6, "warmup_steps": 0, "gate_tolerance": 0.0}
+    untrained = {**SFT, "limit_train_batches": 1, "lr": 1e-6, "warmup_steps": 0, "gate_tolerance": 0.0}
     defs = build_definitions(resources=make_resources(root, None, sft=untrained))
     selection = [AssetKey(k) for k in ("sft_model", "sft_evaluation", "rl_policy", "triton_model_repository")]
     with DagsterInstance.ephemeral() as instance:
@@ -217,7 +215,7 @@ def test_deploy_serves_in_process_answers_and_rolls_back_a_broken_version(traine
     repo.mkdir(exist_ok=True)
     server = TritonServer(repo, home=ensure_tritonserver(), log_path=tmp_path / "triton.log").start()
     try:
-        resources = make_resources(root, None, sft=TINY_SFT, rl=RL)
+        resources = make_resources(root, None, sft=SFT, rl=RL)
         resources["triton"] = TritonResource(url=server.http_url, repository=str(repo))
         defs = build_definitions(resources=resources)
         job = defs.resolve_job_def("deploy")

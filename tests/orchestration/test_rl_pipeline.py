@@ -11,14 +11,9 @@ from orchestration.definitions import build_definitions
 from orchestration.jobs import PARTITION_RANGE_END, PARTITION_RANGE_START, all_scenarios_tags
 from orchestration.partitions import instruction_day_partitions
 
-from .conftest import make_resources
+from .conftest import TINY_RL, TINY_SFT, make_resources
 from .test_pipeline import error_chain
 
-TINY_SFT = {"d_model": 32, "n_heads": 2, "enc_layers": 1, "dec_layers": 1, "max_epochs": 1, "batch_size": 64,
-            "limit_train_batches": 4, "limit_val_batches": 2, "beam_width": 10, "warmup_steps": 2, "igr_top_k": 5}
-# a tiny RL budget: ~10 s per materialization on the small world
-TINY_RL = {"steps": 12, "lr": 1e-4, "prompts_per_step": 16, "group_size": 8, "max_examples": 3000, "eval_examples": 150,
-           "reward_model": {"epochs": 2}}
 RL_KEYS = [AssetKey("reward_model"), AssetKey("rl_policy")]
 
 
