@@ -57,6 +57,14 @@ def triton_model_repository(
             "generator_config": model.cfg.to_dict()}
 
 
+def load_exported(manifest: dict, item_semantic_ids: pd.DataFrame):
+    """(SID table, generator, example encoder, trie) of the model a triton_model_repository manifest exported."""
+    sid_table = SemanticIdTable.from_frame(item_semantic_ids)
+    model = load_generator(manifest["checkpoint"])
+    encoder = ExampleEncoder.load(manifest["encoder"], sid_table)
+    return sid_table, model, encoder, SIDTrie.from_codes(sid_table.codes, sid_table.vocab_sizes)
+
+
 def smoke_inputs(training_examples: pd.DataFrame, encoder: ExampleEncoder, model) -> tuple[pd.DataFrame, dict]:
     """The fixed smoke users (first test examples) and their serving input arrays."""
     smoke = training_examples[training_examples["split"] == "test"].head(SMOKE_USERS).reset_index(drop=True)
@@ -70,10 +78,7 @@ def smoke_inputs(training_examples: pd.DataFrame, encoder: ExampleEncoder, model
 def exported_model_parity(
     triton_model_repository: dict, training_examples: pd.DataFrame, item_semantic_ids: pd.DataFrame
 ) -> AssetCheckResult:
-    sid_table = SemanticIdTable.from_frame(item_semantic_ids)
-    model = load_generator(triton_model_repository["checkpoint"])
-    encoder = ExampleEncoder.load(triton_model_repository["encoder"], sid_table)
-    trie = SIDTrie.from_codes(sid_table.codes, sid_table.vocab_sizes)
+    sid_table, model, encoder, trie = load_exported(triton_model_repository, item_semantic_ids)
     _, arrays = smoke_inputs(training_examples, encoder, model)
     report = verify_staged_version(triton_model_repository["staged"], 1, model, trie, arrays, SMOKE_BEAM, SMOKE_TOP_K)
     return AssetCheckResult(
@@ -95,10 +100,7 @@ def deployed_model(
     triton: TritonResource,
 ) -> dict:
     """Version N+1 served by Triton after a passing smoke test, or the previous version kept (rollback)."""
-    sid_table = SemanticIdTable.from_frame(item_semantic_ids)
-    model = load_generator(triton_model_repository["checkpoint"])
-    encoder = ExampleEncoder.load(triton_model_repository["encoder"], sid_table)
-    trie = SIDTrie.from_codes(sid_table.codes, sid_table.vocab_sizes)
+    sid_table, model, encoder, trie = load_exported(triton_model_repository, item_semantic_ids)
     smoke, arrays = smoke_inputs(training_examples, encoder, model)
     expected, _ = constrained_beam_search(
         model, {k: torch.from_numpy(np.asarray(v)) for k, v in arrays.items()}, trie, SMOKE_BEAM, SMOKE_TOP_K
