@@ -45,7 +45,7 @@ def configs(params: ParamsResource) -> tuple[GeneratorConfig, SFTConfig]:
     generator = GeneratorConfig(
         d_model=s.d_model, n_heads=s.n_heads, enc_layers=s.enc_layers, dec_layers=s.dec_layers, ffn=s.ffn,
         n_experts=s.n_experts, instruction_position=s.instruction_position, use_igr=s.use_igr,
-        igr_top_k=s.igr_top_k, q2i_weight=s.q2i_weight, max_short=settings.features.n_short,
+        igr_top_k=s.igr_top_k, n_recent=s.n_recent, q2i_weight=s.q2i_weight, max_short=settings.features.n_short,
         max_long=settings.features.n_long, seed=settings.seed,
     )
     sft = SFTConfig(

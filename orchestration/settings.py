@@ -155,8 +155,8 @@ class SASRecSettings(_Section):
 class AblationSettings(_Section):
     """sft_ablations (group analysis, on demand): which studies, and an optional smaller budget per variant."""
 
-    studies: list[Literal["instruction_position", "igr_q2i", "unified_vs_per_scenario"]] = Field(
-        default_factory=lambda: ["instruction_position", "igr_q2i", "unified_vs_per_scenario"])
+    studies: list[Literal["instruction_position", "igr_q2i", "recent_context", "unified_vs_per_scenario"]] = Field(
+        default_factory=lambda: ["instruction_position", "igr_q2i", "recent_context", "unified_vs_per_scenario"])
     max_epochs: int | None = Field(None, ge=1)            # None: the sft section's budget
     limit_train_batches: int | None = Field(None, ge=1)
 
@@ -173,6 +173,7 @@ class SFTSettings(_Section):
     instruction_position: Literal["none", "replace_bos", "add_to_bos", "left_of_bos", "right_of_bos"] = "right_of_bos"
     use_igr: bool = True
     igr_top_k: int = Field(20, ge=1)
+    n_recent: int = Field(10, ge=0)          # newest long-history items (all scenarios) always in the encoder
     q2i_weight: float = Field(0.1, ge=0)
     max_epochs: int = Field(3, ge=1)
     batch_size: int = Field(256, ge=1)
@@ -236,9 +237,14 @@ class RewardMappingSettings(_Section):
 class RLComparisonSettings(_Section):
     """rl_comparison (analysis group, on demand): every algorithm x synthetic share, same seed and budget."""
 
-    algorithms: list[Literal["grpo", "gspo", "sagcpo"]] = Field(default_factory=lambda: ["grpo", "gspo", "sagcpo"])
+    # sagcpo_gc: SA-GCPO with the group clip on (target below); the others run with rl.group_clip as configured
+    algorithms: list[Literal["grpo", "gspo", "sagcpo", "sagcpo_gc"]] = Field(
+        default_factory=lambda: ["grpo", "gspo", "sagcpo", "sagcpo_gc"])
     synthetic_shares: list[float] = Field(default_factory=lambda: [0.0, 0.2, 0.33, 0.5])
+    seeds: list[int] | None = None           # one run per seed (same seeds for every cell); None: [rl seed]
     steps: int | None = Field(None, ge=1)    # None: rl.steps
+    lr: float | None = Field(None, gt=0)     # None: rl.lr
+    group_clip: float | None = None          # sagcpo_gc's target reward; None: the SFT policy's mean reward
     # Policy updates per sampled batch. With 1 every update is on-policy (ratio == 1), where GRPO's clip is
     # inactive, GSPO's sequence ratio has the token-mean gradient and SA-GCPO's gate weight 4σ(0)(1-σ(0)) = 1:
     # the three objectives then have identical gradients. The comparison needs > 1 to tell them apart.

@@ -38,7 +38,7 @@ The decoder prefix (BOS, INS) runs inside the encoder graph, so the step graph a
 position and has no control flow; depth 0's logits therefore come from the encoder graph.
 
 Input contract of the traced graphs (checked by :func:`serving_arrays`): P_f >= 1, S >= 1 and
-M >= min(igr_top_k, max_long) (the IGR top-k size is a constant of the graph); pad with masked entries.
+M >= min(n_recent + igr_top_k, max_long) (the recent and IGR top-k sizes are constants of the graph); pad with masked entries.
 :func:`serving_arrays` pads every user to the configured maxima, which also makes Triton batching easy.
 """
 
@@ -322,7 +322,7 @@ def serving_arrays(batch: dict, cfg: GeneratorConfig, pad: bool = True) -> dict[
                 widths = [(0, 0), (0, extra)] + [(0, 0)] * (out[key].ndim - 2)
                 out[key] = np.pad(out[key], widths)
                 out[mkey] = np.pad(out[mkey], [(0, 0), (0, extra)])
-    min_long = min(cfg.igr_top_k, cfg.max_long)
+    min_long = cfg.min_long
     for key, low in (("profile", 1), ("short_sids", 1), ("long_sids", min_long)):
         if out[key].shape[1] < low:
             raise ValueError(f"the exported encoder needs {key!r} with at least {low} slots (pad with masked "
@@ -421,7 +421,7 @@ def interface(cfg: GeneratorConfig) -> dict:
                       "instruction_dim": cfg.instruction_dim, "n_scenarios": cfg.n_scenarios,
                       "profile_vocab_size": cfg.profile_vocab_size, "n_profile_fields": cfg.n_profile_fields,
                       "max_short": cfg.max_short, "max_long": cfg.max_long,
-                      "min_long": min(cfg.igr_top_k, cfg.max_long)},
+                      "min_long": cfg.min_long},
     }
 
 

@@ -6,6 +6,8 @@ Studies (``STUDIES``):
   left_of_bos / right_of_bos, everything else as the base config;
 * ``igr_q2i`` (Table 7): no IGR and no Q2I (first K long items, q2i_weight 0) / IGR without the Q2I loss /
   IGR + Q2I (the base config's q2i_weight);
+* ``recent_context`` (not in the paper): no cross-scenario recent items (n_recent 0) vs the base config's
+  n_recent (10, at most max_long, if the base has none): how much the session context from other scenarios matters;
 * ``unified_vs_per_scenario`` (Table 8): the unified model trained on all scenarios vs one model per scenario
   trained on that scenario's examples only (scenarios with test examples in the frame); both scored per
   scenario on the same test examples.
@@ -32,7 +34,7 @@ from models.semantic_ids.codebook import SemanticIdTable
 
 __all__ = ["STUDIES", "Variant", "ablation_variants", "run_ablations", "summary_table"]
 
-STUDIES = ("instruction_position", "igr_q2i", "unified_vs_per_scenario")
+STUDIES = ("instruction_position", "igr_q2i", "recent_context", "unified_vs_per_scenario")
 
 
 @dataclass(frozen=True)
@@ -63,6 +65,9 @@ def ablation_variants(base: GeneratorConfig, studies: Sequence[str], scenarios: 
             Variant("igr_q2i", "igr_only", dataclasses.replace(base, use_igr=True, q2i_weight=0.0)),
             Variant("igr_q2i", "igr_q2i", dataclasses.replace(base, use_igr=True, q2i_weight=q2i)),
         ]
+    if "recent_context" in studies:
+        out += [Variant("recent_context", "no_recent", dataclasses.replace(base, n_recent=0)),
+                Variant("recent_context", "recent", dataclasses.replace(base, n_recent=base.n_recent or min(10, base.max_long)))]
     if "unified_vs_per_scenario" in studies:
         out.append(Variant("unified_vs_per_scenario", "unified", base))
         out += [Variant("unified_vs_per_scenario", "per_scenario", base, scenario=s) for s in scenarios]

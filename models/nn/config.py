@@ -26,6 +26,9 @@ class GeneratorConfig:
     instruction_dim: int = 384  # reasoning-instruction text embedding size (all-MiniLM-L6-v2)
     max_short: int = 20
     max_long: int = 100
+    # the n_recent newest long-history items (over all scenarios) always enter the encoder, in recency order:
+    # the session context (e.g. the product viewed right before a cart page) lives in other scenarios
+    n_recent: int = 0
     # backbone
     d_model: int = 128
     n_heads: int = 4
@@ -64,6 +67,8 @@ class GeneratorConfig:
         for name in positive:
             if int(getattr(self, name)) < 1:
                 raise ValueError(f"GeneratorConfig.{name} must be >= 1, got {getattr(self, name)}")
+        if not 0 <= self.n_recent <= self.max_long:
+            raise ValueError(f"GeneratorConfig.n_recent must be in [0, max_long={self.max_long}], got {self.n_recent}")
         if self.d_model % self.n_heads:
             raise ValueError(f"GeneratorConfig.d_model={self.d_model} must be divisible by n_heads={self.n_heads}")
         if self.ffn not in ("dense", "moe"):
@@ -93,6 +98,11 @@ class GeneratorConfig:
     def n_prefix(self) -> int:
         """Decoder positions before the first code (BOS and/or instruction)."""
         return 2 if self.instruction_position in ("left_of_bos", "right_of_bos") else 1
+
+    @property
+    def min_long(self) -> int:
+        """Long-history slots the exported encoder needs (recent + IGR top-k are constants of the graph)."""
+        return min(self.n_recent + self.igr_top_k, self.max_long)
 
     def to_dict(self) -> dict:
         d = asdict(self)

@@ -18,11 +18,14 @@ same vectors are the encoder's item tokens, the IGR item input and the decoder's
 
 Encoder input (bidirectional, padding-masked), each token + a segment embedding:
 
-    [profile_1..P (+ field emb)] [Is = E_scen(s)] [Ir = W_r r + b_r] [short_1..S (+ position emb)] [IGR top-K long]
+    [profile_1..P (+ field emb)] [Is = E_scen(s)] [Ir = W_r r + b_r] [short_1..S (+ position emb)]
+    [recent_1..R (+ per-slot recency emb)] [IGR top-K long]
 
 with r = instruction_emb, or the learnable ``default_instruction`` (in the 384-d text space) where
-has_instruction is False. IGR picks the K long items closest to the instruction query (models/nn/igr.py);
-with use_igr=False the first K real long items are used.
+has_instruction is False. short is the user's history in the request's scenario; recent is the R = n_recent
+newest long items over all scenarios (the session so far, whatever page it happened on). IGR picks the K of the
+remaining long items closest to the instruction query (models/nn/igr.py); with use_igr=False the K newest of
+the remaining items are used.
 
 Decoder input: instruction token INS = E_scen(s) + W_r r + b_r, placed per ``instruction_position`` (see
 config.INSTRUCTION_POSITIONS), then the codes c_0..c_{L-1} (E[offset_l + c_l]), plus decoder position
@@ -71,6 +74,7 @@ class OxygenGenerator(nn.Module):
             self.instr_proj = nn.Linear(cfg.instruction_dim, d)
             self.default_instruction = nn.Parameter(torch.randn(cfg.instruction_dim) / cfg.instruction_dim**0.5)
             self.short_pos = nn.Embedding(cfg.max_short, d)
+            self.recent_pos = nn.Embedding(cfg.n_recent, d) if cfg.n_recent else None
             self.segment_emb = nn.Embedding(len(SEGMENTS), d)
             self.enc_drop = nn.Dropout(cfg.dropout)
             hidden = cfg.ffn_mult * d
@@ -193,14 +197,20 @@ class OxygenGenerator(nn.Module):
         info: dict = {}
         long, lmask = self._history(batch, "long_sids", cfg.max_long, b)
         if long.shape[1]:
-            long_e = self.item_repr(long)  # [B, M, d]
+            long_e = self.item_repr(long)  # [B, M, d], newest first
+            n_recent = min(cfg.n_recent, long.shape[1])
+            if n_recent:
+                tokens.append(long_e[:, :n_recent] + self.recent_pos.weight[:n_recent])  # per-slot emb = segment
+                masks.append(lmask[:, :n_recent])
+                # retrieval picks from the older items only: the recent ones are already in the encoder
+                lmask = lmask & (torch.arange(long.shape[1], device=dev) >= n_recent)
             if self.igr is not None:
                 q = F.normalize(self.igr.query(scen, reason), dim=-1)
                 z = F.normalize(self.igr.item(long_e), dim=-1)
                 idx, sel_mask, _ = igr_select(q, z, lmask, cfg.igr_top_k)
-            else:  # first K real items, in history order (ablation "w/o IGR")
+            else:  # the K newest real candidates (ablation "w/o IGR")
                 pos = torch.arange(long.shape[1], device=dev, dtype=torch.float32)
-                order = (-pos).expand(b, -1).masked_fill(~lmask, float("-inf"))
+                order = torch.where(lmask, -pos, -pos - long.shape[1])  # padding last, in a distinct order
                 idx = order.topk(min(cfg.igr_top_k, long.shape[1]), dim=-1).indices
                 sel_mask = lmask.gather(1, idx)
             sel = long_e.gather(1, idx[..., None].expand(-1, -1, long_e.shape[-1]))

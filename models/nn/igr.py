@@ -120,7 +120,12 @@ def igr_select(
     """
     if items.dim() != 3 or mask.shape != items.shape[:2] or q.shape[0] != items.shape[0]:
         raise ValueError(f"igr_select shapes: q {tuple(q.shape)}, items {tuple(items.shape)}, mask {tuple(mask.shape)}")
-    scores = torch.einsum("bk,bmk->bm", q, items).masked_fill(~mask, float("-inf"))
+    scores = torch.einsum("bk,bmk->bm", q, items)
+    # padding ranks below every cosine, earliest slot first: a distinct order, so every runtime (torch, ONNX)
+    # fills the K' slots with the same padding entries when a user has fewer than K real items
+    pos = torch.arange(items.shape[1], device=items.device, dtype=scores.dtype)
+    scores = torch.where(mask, scores, -2.0 - pos / items.shape[1])
     k = min(top_k, items.shape[1])
     top_s, idx = scores.topk(k, dim=-1)
-    return idx, mask.gather(1, idx), top_s
+    selected = mask.gather(1, idx)
+    return idx, selected, top_s.masked_fill(~selected, float("-inf"))

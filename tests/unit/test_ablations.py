@@ -29,6 +29,8 @@ def test_variants_cover_each_table():
     assert [v.generator.instruction_position for v in by_study["instruction_position"]] == list(INSTRUCTION_POSITIONS)
     igr = {v.name: (v.generator.use_igr, v.generator.q2i_weight) for v in by_study["igr_q2i"]}
     assert igr == {"no_igr_no_q2i": (False, 0.0), "igr_only": (True, 0.0), "igr_q2i": (True, 0.1)}
+    recent = {v.name: v.generator.n_recent for v in by_study["recent_context"]}
+    assert recent == {"no_recent": 0, "recent": min(10, TINY.max_long)}
     scen = by_study["unified_vs_per_scenario"]
     assert [(v.name, v.scenario) for v in scen] == [("unified", None)] + [("per_scenario", s) for s in SCENARIOS[:2]]
     # the base config is one training run however often it appears

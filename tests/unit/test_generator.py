@@ -103,9 +103,9 @@ def test_no_future_leakage_in_decoder():
         assert not torch.allclose(logits[t + 1], base[t + 1])  # ...but the next one does
 
 
-@pytest.mark.parametrize("ffn", ["dense", "moe"])
-def test_padding_invariance(ffn):
-    model = OxygenGenerator(small_cfg(ffn=ffn)).eval()
+@pytest.mark.parametrize("ffn,n_recent", [("dense", 0), ("moe", 0), ("dense", 3)])
+def test_padding_invariance(ffn, n_recent):
+    model = OxygenGenerator(small_cfg(ffn=ffn, n_recent=n_recent)).eval()
     batch = make_batch()
     batch["profile_mask"] = batch["profile"] != 0
     g = torch.Generator().manual_seed(9)
@@ -227,7 +227,33 @@ def test_igr_in_model_never_selects_padding():
     assert torch.equal(out["igr_mask"].sum(1), batch["long_mask"].sum(1).clamp(max=4))
 
 
+@pytest.mark.parametrize("use_igr", [True, False])
+def test_recent_items_enter_the_encoder_and_retrieval_picks_older_ones(use_igr):
+    model = OxygenGenerator(small_cfg(n_recent=3, use_igr=use_igr)).eval()
+    batch = make_batch()
+    out = model(batch)
+    older = batch["long_mask"].sum(1).clamp(min=3) - 3  # real items beyond the 3 newest
+    assert bool((out["igr_index"][out["igr_mask"]] >= 3).all())  # never re-picks a recent item
+    assert torch.equal(out["igr_mask"].sum(1), older.clamp(max=4))
+    if not use_igr:  # the newest of the older items, in order
+        for i in range(6):
+            k = int(min(4, older[i]))
+            assert out["igr_index"][i, :k].tolist() == list(range(3, 3 + k))
+    # the newest item always reaches the output
+    row = int(batch["long_mask"].sum(1).argmax())
+    changed = dict(batch)
+    sids = batch["long_sids"].clone()
+    sids[row, 0] = (sids[row, 0] + 1) % torch.tensor(VOCAB)
+    changed["long_sids"] = sids
+    assert not torch.allclose(model(changed)["logits"][0][row], out["logits"][0][row])
+    memory, memory_mask = model.encode(batch)
+    plain, _ = OxygenGenerator(small_cfg(use_igr=use_igr)).eval().encode(batch)
+    assert memory.shape[1] == plain.shape[1] + 3
+
+
 def test_bad_inputs_raise():
+    with pytest.raises(ValueError, match="n_recent"):
+        small_cfg(n_recent=13)
     with pytest.raises(ValueError, match="instruction_position"):
         small_cfg(instruction_position="middle")
     with pytest.raises(ValueError, match="moe_top_k"):

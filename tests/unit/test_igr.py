@@ -87,10 +87,12 @@ def test_igr_selects_the_most_relevant_items_and_never_padding():
     assert idx.tolist() == [[1, 3, 0]] and sel.all()
     assert torch.allclose(scores, angles[[1, 3, 0]].cos()[None])
     # fewer real items than K: all real ones are picked, extra picks come back masked
-    idx, sel, _ = igr_select(q, items, mask, top_k=6)
+    idx, sel, scores = igr_select(q, items, mask, top_k=6)
     picked = set(idx[sel].tolist())
     assert picked == {0, 1, 2, 3, 5} and sel.sum() == 5
     assert not mask.gather(1, idx)[~sel].any()
+    assert idx[~sel].tolist() == [4]  # padding picks: earliest slot first (the same in torch and ONNX)
+    assert torch.isneginf(scores[~sel]).all()
 
 
 def test_igr_batched_random_respects_mask():
