@@ -106,13 +106,15 @@ def item_features(catalog_embeddings: dict, sid_table: SemanticIdTable) -> torch
 
 
 def rl_config(rl: RLSettings, seed: int, algorithm: str | None = None, steps: int | None = None,
-              ppo_epochs: int | None = None) -> RLConfig:
-    return RLConfig(
+              ppo_epochs: int | None = None, **overrides) -> RLConfig:
+    """The RLConfig of the rl section; ``overrides`` (e.g. lr, group_clip_target) replace its fields."""
+    config = RLConfig(
         algorithm=algorithm or rl.algorithm, group_size=rl.group_size, lr=rl.lr, beta=rl.kl_coef, tau_pos=rl.tau_pos,
         tau_neg=rl.tau_neg, group_clip_target=rl.group_clip, ppo_epochs=ppo_epochs or rl.ppo_epochs,
         max_grad_norm=rl.max_grad_norm,
         steps=steps or rl.steps, seed=seed, kl_stop=rl.kl_stop,
     )
+    return dataclasses.replace(config, **overrides)
 
 
 def digest(payload: dict) -> str:
@@ -180,13 +182,15 @@ class RLSetup:
                 "valid_share": reward["valid_share"], "table": table, "n": int(len(scen))}
 
     def train(self, algorithm: str, synthetic_share: float, steps: int | None = None, log=None,
-              ppo_epochs: int | None = None):
-        """(policy, history) of one RL run; RLTrainingError propagates with the policy restored."""
+              ppo_epochs: int | None = None, seed: int | None = None, **overrides):
+        """(policy, history) of one RL run; RLTrainingError propagates with the policy restored.
+        ``seed`` (default: the setup's) seeds prompt and item sampling; ``overrides`` replace RLConfig fields."""
+        seed = self.seed if seed is None else seed
         policy = GeneratorPolicy(copy.deepcopy(self.sft), self.trie, GeneratorPolicyConfig(temperature=self.rl.temperature))
         prompts = PromptSet(self.train_prompts, len(self.encoder.scenarios),
                             PromptConfig(batch_size=self.rl.prompts_per_step, synthetic_share=synthetic_share))
-        trainer = GroupPolicyTrainer(policy, self.reward_fn, rl_config(self.rl, self.seed, algorithm, steps, ppo_epochs),
-                                     self.reference)
+        config = rl_config(self.rl, seed, algorithm, steps, ppo_epochs, **overrides)
+        trainer = GroupPolicyTrainer(policy, self.reward_fn, config, self.reference)
 
         def on_step(rec: dict) -> None:
             if log is not None and (rec["step"] % 10 == 0):
@@ -207,6 +211,17 @@ def comparison_table(before: dict, after: dict) -> pd.DataFrame:
     right = after["table"][["group", "hr@10", "ndcg@10", "reward"]]
     table = left.merge(right, on="group", suffixes=("_sft", "_rl"))
     return table[["group", "n", "hr@10_sft", "hr@10_rl", "ndcg@10_sft", "ndcg@10_rl", "reward_sft", "reward_rl"]]
+
+
+def comparison_summary(table: pd.DataFrame) -> pd.DataFrame:
+    """Mean and std over seeds per (algorithm, synthetic share) of the rl_comparison table (SFT row first)."""
+    metrics = ["reward", "hr@10", "ndcg@10", "final_kl", "clip_frac"]
+    grouped = table.groupby(["algorithm", "synthetic_share"], dropna=False, sort=False)
+    out = grouped[metrics].agg(["mean", "std"])
+    out.columns = [f"{metric}_{stat}" for metric, stat in out.columns]
+    out.insert(0, "runs", grouped.size())
+    out.insert(1, "failed", grouped["status"].agg(lambda s: int(s.str.startswith("failed").sum())))
+    return out.reset_index()
 
 
 def numeric_history(history: list[dict]) -> list[dict]:
@@ -400,43 +415,55 @@ def rl_comparison(
     params: ParamsResource,
     artifacts: ArtifactStoreResource,
 ) -> pd.DataFrame:
-    """GRPO vs GSPO vs SA-GCPO at each synthetic share, same seed and budget: one row per run."""
+    """GRPO vs GSPO vs SA-GCPO (without and with the group clip) at each synthetic share, the same seeds and
+    budget for every cell: one row per run, plus the SFT reference row; metadata has the mean ± std over seeds."""
     settings = params.settings
     rl, cmp = settings.rl, settings.rl.comparison
     setup = RLSetup(sft_model, reward_model, training_examples, item_semantic_ids, settings)
     before = setup.before
-    rows, histories = [], {}
+    seeds = cmp.seeds or [setup.seed]
+    group_clip = before["reward"] if cmp.group_clip is None else cmp.group_clip
+    rows = []
     for algorithm in cmp.algorithms:
+        overrides = {} if cmp.lr is None else {"lr": cmp.lr}
+        if algorithm == "sagcpo_gc":
+            overrides["group_clip_target"] = group_clip
         for share in cmp.synthetic_shares:
-            start = time.perf_counter()
-            row = {"algorithm": algorithm, "synthetic_share": share}
-            try:
-                policy, history = setup.train(algorithm, share, cmp.steps, log=context.log.info,
-                                              ppo_epochs=cmp.ppo_epochs)
-                after = setup.evaluate(policy)
-                row |= {"status": history[-1]["stopped_reason"], "steps": len(history),
-                        "final_kl": history[-1]["kl_after"], "reward": after["reward"], "hr@10": after["hr10"],
-                        "ndcg@10": after["ndcg10"]}
-            except RLTrainingError as error:  # one diverging configuration is a result, not a crash
-                history = error.history
-                row |= {"status": f"failed: {error}"[:120], "steps": len(history), "final_kl": float("nan"),
-                        "reward": float("nan"), "hr@10": float("nan"), "ndcg@10": float("nan")}
-            row["seconds"] = time.perf_counter() - start
-            rows.append(row)
-            histories[(algorithm, share)] = history
+            for seed in seeds:
+                start = time.perf_counter()
+                row = {"algorithm": algorithm, "synthetic_share": share, "seed": seed}
+                try:
+                    policy, history = setup.train(algorithm.removesuffix("_gc"), share, cmp.steps, log=context.log.info,
+                                                  ppo_epochs=cmp.ppo_epochs, seed=seed, **overrides)
+                    after = setup.evaluate(policy)
+                    row |= {"status": history[-1]["stopped_reason"], "steps": len(history),
+                            "final_kl": history[-1]["kl_after"], "reward": after["reward"], "hr@10": after["hr10"],
+                            "ndcg@10": after["ndcg10"],
+                            # how far the ratios left 1: the share of tokens the clip (GRPO, GSPO) or the soft gate
+                            # (SA-GCPO: gradient weight < 0.5) held back, mean over steps (last update of each step)
+                            "clip_frac": float(np.mean([h.get("clip_frac", 0.0) for h in history]))}
+                except RLTrainingError as error:  # one diverging configuration is a result, not a crash
+                    row |= {"status": f"failed: {error}"[:120], "steps": len(error.history), "final_kl": float("nan"),
+                            "reward": float("nan"), "hr@10": float("nan"), "ndcg@10": float("nan"),
+                            "clip_frac": float("nan")}
+                row["seconds"] = time.perf_counter() - start
+                rows.append(row)
     table = pd.DataFrame(rows)
     table["reward_gain"] = table["reward"] - before["reward"]
     table["hr@10_delta"] = table["hr@10"] - before["hr10"]
-    sft_row = {"algorithm": "sft", "synthetic_share": float("nan"), "status": "reference", "steps": 0,
-               "final_kl": 0.0, "reward": before["reward"], "hr@10": before["hr10"], "ndcg@10": before["ndcg10"],
-               "seconds": 0.0, "reward_gain": 0.0, "hr@10_delta": 0.0}
+    sft_row = {"algorithm": "sft", "synthetic_share": float("nan"), "seed": setup.seed, "status": "reference",
+               "steps": 0, "final_kl": 0.0, "reward": before["reward"], "hr@10": before["hr10"],
+               "ndcg@10": before["ndcg10"], "clip_frac": 0.0, "seconds": 0.0, "reward_gain": 0.0, "hr@10_delta": 0.0}
     table = pd.concat([pd.DataFrame([sft_row]), table], ignore_index=True)
+    summary = comparison_summary(table)
 
     figure, (left, right) = plt.subplots(1, 2, figsize=(10, 3))
     for algorithm in cmp.algorithms:
-        part = table[table["algorithm"] == algorithm]
-        left.plot(part["synthetic_share"], part["reward"], marker="o", label=algorithm)
-        right.plot(part["synthetic_share"], part["hr@10"], marker="o", label=algorithm)
+        part = summary[summary["algorithm"] == algorithm]
+        left.errorbar(part["synthetic_share"], part["reward_mean"], part["reward_std"], marker="o", capsize=3,
+                      label=algorithm)
+        right.errorbar(part["synthetic_share"], part["hr@10_mean"], part["hr@10_std"], marker="o", capsize=3,
+                       label=algorithm)
     left.axhline(before["reward"], color="grey", ls="--", label="sft")
     right.axhline(before["hr10"], color="grey", ls="--", label="sft")
     left.set_title("mean reward (validation prompts)"), right.set_title("validation HR@10")
@@ -446,10 +473,13 @@ def rl_comparison(
     plot_path = artifacts.asset_dir("rl_comparison") / "comparison.png"
     figure.savefig(plot_path, dpi=90, bbox_inches="tight")
     context.add_output_metadata({
+        "summary": md(summary),
         "table": md(table.drop(columns=["status"]).assign(status=table["status"].str[:40])),
         "plot": png_markdown(figure),
         "plot_path": str(plot_path),
         "budget": MetadataValue.json({"steps": cmp.steps or rl.steps, "group_size": rl.group_size,
-                                      "prompts_per_step": rl.prompts_per_step, "seed": setup.seed}),
+                                      "prompts_per_step": rl.prompts_per_step, "seeds": seeds,
+                                      "lr": cmp.lr or rl.lr, "ppo_epochs": cmp.ppo_epochs or rl.ppo_epochs,
+                                      "group_clip_target": group_clip}),
     })
     return table

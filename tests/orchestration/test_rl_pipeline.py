@@ -121,7 +121,8 @@ def test_an_exploding_update_fails_clearly_and_keeps_the_last_good_policy(accept
 
 def test_rl_comparison_runs_every_algorithm_and_share_on_the_same_budget(accepted):
     root, _ = accepted
-    rl = {**TINY_RL, "comparison": {"algorithms": ["grpo", "sagcpo"], "synthetic_shares": [0.0, 0.5], "steps": 3}}
+    rl = {**TINY_RL, "comparison": {"algorithms": ["grpo", "sagcpo_gc"], "synthetic_shares": [0.0, 0.5], "steps": 2,
+                                    "seeds": [0, 1], "lr": 1e-3}}
     defs = build_definitions(resources=make_resources(root, None, sft=TINY_SFT, rl=rl))
     with DagsterInstance.ephemeral() as instance:
         result = defs.resolve_implicit_global_asset_job_def().execute_in_process(
@@ -129,10 +130,17 @@ def test_rl_comparison_runs_every_algorithm_and_share_on_the_same_budget(accepte
     assert result.success
     table = pd.read_parquet(root / "rl_comparison" / "_.parquet")
     runs = table[table["algorithm"] != "sft"]
-    assert sorted(zip(runs["algorithm"], runs["synthetic_share"])) == [
-        ("grpo", 0.0), ("grpo", 0.5), ("sagcpo", 0.0), ("sagcpo", 0.5)]
-    assert (runs["steps"] == 3).all() and (runs["status"] == "steps_done").all()
+    assert sorted(zip(runs["algorithm"], runs["synthetic_share"], runs["seed"])) == [
+        (a, share, seed) for a in ("grpo", "sagcpo_gc") for share in (0.0, 0.5) for seed in (0, 1)]
+    assert (runs["steps"] == 2).all() and (runs["status"] == "steps_done").all()
+    # different seeds are different runs
+    grpo = runs[(runs["algorithm"] == "grpo") & (runs["synthetic_share"] == 0.0)]
+    assert grpo["final_kl"].nunique() == 2
     sft = table[table["algorithm"] == "sft"].iloc[0]
     assert sft["reward"] == pytest.approx(json.loads((root / "rl_policy" / "_.json").read_text())["reward_sft"])
     assert (runs["reward_gain"] == runs["reward"] - sft["reward"]).all()
+    assert runs["clip_frac"].between(0.0, 1.0).all()  # how far each run's ratios left 1
     assert (root / "rl_comparison" / "comparison.png").stat().st_size > 1000
+    meta = result.asset_materializations_for_node("rl_comparison")[0].metadata
+    assert meta["budget"].value["group_clip_target"] == pytest.approx(sft["reward"])  # sagcpo_gc's default target
+    assert "reward_mean" in meta["summary"].value and "sagcpo_gc" in meta["summary"].value
