@@ -25,8 +25,7 @@ from models.eval.generative import evaluate_generator
 from models.lightning.train import SFTConfig, train_generator
 from models.nn.config import GeneratorConfig
 from models.semantic_ids import SemanticIdTable
-
-SCENARIOS = ["homepage", "product_detail", "cart", "feed", "search", "checkout"]
+from orchestration.partitions import SCENARIOS  # the configured scenarios, as the sft_model asset uses them
 
 
 def main() -> None:
