@@ -10,12 +10,17 @@ Feature views (source = ``<source_dir>/<view>.parquet``, timestamp ``event_times
 ``created_timestamp``):
 
     user_profile           [user]            ttl none      profile columns (String) + profile_fields
-    user_short_term        [user, scenario]  ttl 90 d      short_item_ids, short_sids, short_actions, short_len
-    user_long_term         [user]            ttl 90 d      long_item_ids, long_len
+    user_short_term        [user, scenario]  ttl none *    short_item_ids, short_sids, short_actions, short_len
+    user_long_term         [user]            ttl none *    long_item_ids, long_len
     item_features          [item]            ttl none      sid_codes, category, price, popularity_count, popularity_log
     scenario_instruction   [scenario]        ttl none      scenario_text, scenario_embedding (384 x Float32)
-    reasoning_instruction  [user]            ttl 2 d       instruction_text, instruction_embedding (384 x Float32),
+    reasoning_instruction  [user]            ttl 30 d *    instruction_text, instruction_embedding (384 x Float32),
                                                            generator_version, generated_at (Unix s)
+
+``*`` configurable (``build(..., ttl_days={view: days or None})``; settings ``features.history_ttl_days`` and
+``features.instruction_max_age_days``). Behaviour never expires by default: a user who comes back after months
+still has their last N interactions, which remain the best signal (the tables already keep only the last N).
+An instruction older than its maximum age is dropped as stale (the generator then uses its default instruction).
 
 ``reasoning_instruction`` reads from the PushSource ``reasoning_instruction_push`` (batch source: its parquet
 file), so the near-line reasoner can push an updated instruction of one user straight to the online store.
@@ -34,7 +39,7 @@ from __future__ import annotations
 import os
 from datetime import timedelta
 from pathlib import Path
-from typing import Sequence
+from typing import Mapping, Sequence
 
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -46,13 +51,11 @@ from models.features.tables import FEATURES, KEYS, RESERVED, TABLES
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_SOURCE_DIR = PROJECT_ROOT / "data" / "feast" / "sources"
 PUSH_SOURCE = "reasoning_instruction_push"
-TTL = {  # feature freshness for point-in-time joins (timedelta(0) = no limit)
-    "user_profile": timedelta(0),
-    "user_short_term": timedelta(days=90),
-    "user_long_term": timedelta(days=90),
-    "item_features": timedelta(0),
-    "scenario_instruction": timedelta(0),
-    "reasoning_instruction": timedelta(days=2),  # daily refresh + near-line pushes: older means stale
+# Feature freshness for point-in-time joins in days (None = no limit). Only these views may be configured.
+DEFAULT_TTL_DAYS: dict[str, float | None] = {
+    "user_short_term": None,
+    "user_long_term": None,
+    "reasoning_instruction": 30.0,  # instructions are refreshed when the user is active: older means stale
 }
 SERVING_VIEWS = ("user_profile", "user_short_term", "user_long_term", "scenario_instruction", "reasoning_instruction")
 TRAINING_VIEWS = (*SERVING_VIEWS, "item_features")
@@ -92,10 +95,28 @@ def _check_profile_columns(columns: Sequence[str]) -> list[str]:
     return list(columns)
 
 
-def build(source_dir: str | os.PathLike, profile_columns: Sequence[str] = ()) -> dict[str, object]:
-    """All Feast objects for sources in ``source_dir`` (absolute path recommended), by name."""
+def ttls(ttl_days: Mapping[str, float | None] | None = None) -> dict[str, timedelta]:
+    """Per-view TTL (``timedelta(0)`` = no limit): :data:`DEFAULT_TTL_DAYS` updated with ``ttl_days``."""
+    days = dict(DEFAULT_TTL_DAYS)
+    unknown = sorted(set(ttl_days or {}) - set(days))
+    if unknown:
+        raise ValueError(f"ttl_days: only {sorted(days)} have a configurable TTL, got {unknown}")
+    days.update(ttl_days or {})
+    out = {t: timedelta(0) for t in TABLES}
+    for view, d in days.items():
+        if d is not None and not d > 0:
+            raise ValueError(f"ttl_days[{view!r}] must be > 0 days or None (no limit), got {d!r}")
+        out[view] = timedelta(days=d) if d is not None else timedelta(0)
+    return out
+
+
+def build(source_dir: str | os.PathLike, profile_columns: Sequence[str] = (),
+          ttl_days: Mapping[str, float | None] | None = None) -> dict[str, object]:
+    """All Feast objects for sources in ``source_dir`` (absolute path recommended), by name; ``ttl_days``
+    overrides :data:`DEFAULT_TTL_DAYS`."""
     source_dir = Path(source_dir).resolve()
     profile_columns = _check_profile_columns(profile_columns)
+    ttl = ttls(ttl_days)
     entities = {
         "user": Entity(name="user", join_keys=["user_id"], value_type=ValueType.STRING, description="A shopper."),
         "item": Entity(name="item", join_keys=["item_id"], value_type=ValueType.STRING, description="A catalog item."),
@@ -124,7 +145,7 @@ def build(source_dir: str | os.PathLike, profile_columns: Sequence[str] = ()) ->
         views[table] = FeatureView(
             name=table,
             entities=[by_key[k] for k in KEYS[table]],
-            ttl=TTL[table],
+            ttl=ttl[table],
             schema=schema,
             source=source,
             online=True,

@@ -90,13 +90,15 @@ def _check_ids(values: Sequence, field: str) -> None:
 class OxyFeatureStore:
     """Feast repository in ``data_dir`` with a SQLite (local) or Redis (production) online store."""
 
-    def __init__(self, data_dir: str | os.PathLike, online: str = "sqlite", redis_url: str | None = None) -> None:
+    def __init__(self, data_dir: str | os.PathLike, online: str = "sqlite", redis_url: str | None = None,
+                 ttl_days: Mapping[str, float | None] | None = None) -> None:
         if online not in TEMPLATES:
             raise ValueError(f"online must be one of {tuple(TEMPLATES)}, got {online!r}")
         self.data_dir = Path(data_dir).expanduser().resolve()
         self.source_dir = self.data_dir / "sources"
         self.online = online
         self.redis = redis_connection_string(redis_url) if online == "redis" else None
+        self.ttl_days = dict(ttl_days or {})  # view -> days (None = no limit); see feature_repo/definitions.py
         self.source_dir.mkdir(parents=True, exist_ok=True)
         self.config_path = self.data_dir / TEMPLATES[online].name
         text = string.Template(TEMPLATES[online].read_text()).substitute(
@@ -190,7 +192,7 @@ class OxyFeatureStore:
         missing = [t for t in TABLES if not self.source_path(t).exists()]
         if missing:
             raise FileNotFoundError(f"apply: write_sources first; missing source table(s) {missing} in {self.source_dir}")
-        objects = build(self.source_dir, self.profile_columns())
+        objects = build(self.source_dir, self.profile_columns(), self.ttl_days)
         self.feast.apply(list(objects.values()))
         self._services.clear()
         self._features.clear()

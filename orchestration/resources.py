@@ -137,11 +137,16 @@ class FeatureStoreResource(ConfigurableResource):
     data_dir: str
     online: str = "sqlite"
     redis_url: str | None = None
+    history_ttl_days: float | None = None  # behaviour views: None = never expires
+    instruction_max_age_days: float = 30.0
 
     def store(self):
         from feature_repo.store import OxyFeatureStore  # imports Feast lazily (~7 s) on first use
 
-        return OxyFeatureStore(resolve_path(self.data_dir), online=self.online, redis_url=self.redis_url)
+        ttl_days = {"user_short_term": self.history_ttl_days, "user_long_term": self.history_ttl_days,
+                    "reasoning_instruction": self.instruction_max_age_days}
+        return OxyFeatureStore(resolve_path(self.data_dir), online=self.online, redis_url=self.redis_url,
+                               ttl_days=ttl_days)
 
 
 class TritonResource(ConfigurableResource):
@@ -212,5 +217,7 @@ def default_resources(settings: Settings) -> dict:
             data_dir=str(root / settings.features.store_dir),
             online=settings.features.online_store,
             redis_url=settings.features.redis_url,
+            history_ttl_days=settings.features.history_ttl_days,
+            instruction_max_age_days=settings.features.instruction_max_age_days,
         ),
     }

@@ -121,6 +121,10 @@ class FeatureSettings(_Section):
     n_short: int = Field(20, ge=1)
     n_long: int = Field(100, ge=1)
     instruction_window_days: int = Field(30, ge=1)
+    # point-in-time TTLs (feature_repo/definitions.py): behaviour never expires by default (null); an
+    # instruction older than this many days is stale and dropped (the default instruction is used instead)
+    history_ttl_days: float | None = Field(None, gt=0)
+    instruction_max_age_days: float = Field(30.0, gt=0)
     instruction_history_days: int | None = Field(None, ge=1)  # daily partitions kept; None: the whole data span
     instruction_embedding: Literal["intents", "text"] = "intents"
     reasoner: Literal["rules", "openai"] = "rules"

@@ -18,10 +18,11 @@ from models.features import (
 
 DAY = 86_400
 BASE = 1_700_006_400  # a UTC day boundary (2023-11-15)
-ITEMS = ["A", "B", "C", "D", "E", "F", "X", "Y"]
+ITEMS = ["A", "B", "C", "D", "E", "F", "H", "X", "Y"]
 
-# u1: B and C share a second (row order: B first); D is in another scenario; E and G the next day; F five days
-# later (beyond the 2-day instruction TTL). u2 interleaves in time and must never see u1's items.
+# u1: B and C share a second (row order: B first); D is in another scenario; E and G the next day; F 40 days
+# later (beyond the 30-day instruction max age); H 400 days after F (behaviour never expires). u2 interleaves in
+# time and must never see u1's items.
 LOG = pd.DataFrame(
     [
         ("u1", "A", BASE + 100, "home", "view"),
@@ -32,7 +33,8 @@ LOG = pd.DataFrame(
         ("u1", "D", BASE + 300, "cart", "order"),
         ("u1", "E", BASE + DAY + 50, "home", "view"),
         ("u1", "A", BASE + DAY + 60, "home", "click"),
-        ("u1", "F", BASE + 5 * DAY, "home", "view"),
+        ("u1", "F", BASE + 40 * DAY, "home", "view"),
+        ("u1", "H", BASE + 440 * DAY, "cart", "click"),
     ],
     columns=["user_id", "item_id", "timestamp", "scenario", "action"],
 )
@@ -106,9 +108,23 @@ def test_instructions_only_from_before_and_within_ttl(joined):
     assert d.instruction_text == "late"
     # "backfilled" has an earlier event time than E but was written after E: the created-time filter drops it
     assert e.instruction_text == "late"
-    assert f.item_id == "F" and not f.has_instruction and pd.isna(f.instruction_text)  # 5 days > 2-day TTL
-    assert list(f.long_item_ids)[-1] == "A"  # behaviour is still in its 90-day TTL
+    assert f.item_id == "F" and not f.has_instruction and pd.isna(f.instruction_text)  # 40 days > 30-day max age
+    assert list(f.long_item_ids)[-1] == "A"  # behaviour 40 days old is still there
     assert not joined[("u1", 0)].has_instruction  # nothing generated before the first event
+
+
+def test_history_400_days_old_is_not_dropped(joined):
+    h = joined[("u1", 7)]  # H comes 400 days after the user's previous event; it is u1's test example
+    assert h.item_id == "H" and h.split == "test"
+    assert _items(h.long_item_ids) == ["A", "B", "C", "D", "E", "A", "F"] and h.long_len == 7
+    assert _items(h.short_item_ids) == ["D"]  # the user's last cart-scenario event, 440 days earlier
+
+
+def test_online_history_does_not_expire(pit_store):
+    pit_store.materialize()
+    online = pit_store.online_features("u1", "cart")
+    assert _items(online["long_item_ids"]) == ["A", "B", "C", "D", "E", "A", "F", "H"]
+    assert _items(online["short_item_ids"]) == ["D", "H"]
 
 
 def test_item_popularity_only_from_closed_days(joined):

@@ -27,8 +27,9 @@ def test_registry_summary(sqlite_store):
     assert {v: set(d["features"]) for v, d in summary["feature_views"].items()} == VIEWS
     assert summary["feature_views"]["user_short_term"]["entities"] == ["user", "scenario"]
     assert summary["feature_views"]["reasoning_instruction"]["features"]["instruction_embedding"] == "Array(Float32)"
-    assert summary["feature_views"]["reasoning_instruction"]["ttl_s"] == 2 * 86400
-    assert summary["feature_views"]["user_short_term"]["ttl_s"] == 90 * 86400
+    assert summary["feature_views"]["reasoning_instruction"]["ttl_s"] == 30 * 86400  # instruction max age
+    assert summary["feature_views"]["user_short_term"]["ttl_s"] == 0  # behaviour never expires
+    assert summary["feature_views"]["user_long_term"]["ttl_s"] == 0
     assert set(summary["feature_services"]["serving"]) == set(VIEWS) - {"item_features"}
     assert set(summary["feature_services"]["training"]) == set(VIEWS)
     assert "reasoning_instruction_push" in summary["data_sources"]
