@@ -15,6 +15,7 @@ import pyarrow.parquet as pq
 from dagster import AssetExecutionContext, AssetIn, BackfillPolicy, Config, MetadataValue, asset
 
 from models.features import (
+    instruction_coverage,
     item_features_table,
     long_term_table,
     reasoning_instruction_table,
@@ -24,7 +25,7 @@ from models.features import (
     user_profile_table,
 )
 from models.reasoning import RuleBasedReasoner
-from models.reasoning.refresh import refresh_instructions
+from models.reasoning.refresh import refresh_after_activity, refresh_instructions
 from orchestration.params import ParamsResource
 from orchestration.partitions import SCENARIOS, instruction_day_partitions
 from orchestration.resources import ArtifactStoreResource, FeatureStoreResource, TextEmbedderResource
@@ -52,6 +53,9 @@ def make_reasoner(settings: Settings, artifacts: ArtifactStoreResource):
     return RuleBasedReasoner()
 
 
+DAY = 86_400
+
+
 def day_start(partition_key: str) -> int:
     return int(dt.datetime.fromisoformat(partition_key).replace(tzinfo=dt.timezone.utc).timestamp())
 
@@ -75,7 +79,7 @@ def scenario_instructions(
     partitions_def=instruction_day_partitions,
     backfill_policy=BackfillPolicy.single_run(),
     kinds={"pandas"},
-    code_version="1",
+    code_version="2",
 )
 def reasoning_instructions(
     context: AssetExecutionContext,
@@ -86,27 +90,33 @@ def reasoning_instructions(
     text_embedder: TextEmbedderResource,
     artifacts: ArtifactStoreResource,
 ) -> dict[str, pd.DataFrame]:
-    """Daily full refresh: every user with history gets a Contextual Reasoning Instruction generated at the
-    start of the day from everything before it (point-in-time), embedded with MiniLM."""
+    """Slow thinking, scaled with activity: partition D holds the Contextual Reasoning Instructions generated
+    during day D, one per user and activity window (``features.incremental_window_minutes``) that ended in D,
+    each built from everything the user did before it (point-in-time) and embedded with MiniLM."""
     settings = params.settings
     reasoner = make_reasoner(settings, artifacts)
     cache = text_embedder.cache()
-    out = {}
-    for day in context.partition_keys:
-        start = time.perf_counter()
-        frame = refresh_instructions(
-            interaction_log, raw_items, raw_users, day_start(day), reasoner, text_embedder.encoder, cache=cache,
-            window_days=settings.features.instruction_window_days, embedding=settings.features.instruction_embedding,
-        )
-        out[day] = frame
-        context.log.info(f"{day}: {len(frame)} instructions in {time.perf_counter() - start:.1f} s")
+    keys = context.partition_keys
+    start = time.perf_counter()
+    frame = refresh_after_activity(
+        interaction_log, raw_items, raw_users, day_start(keys[0]), day_start(keys[-1]) + DAY, reasoner,
+        text_embedder.encoder, cache=cache, window_s=60 * settings.features.incremental_window_minutes,
+        window_days=settings.features.instruction_window_days, embedding=settings.features.instruction_embedding,
+    )
+    seconds = time.perf_counter() - start
     cache.save()
-    last = out[context.partition_keys[-1]]
-    example = last.iloc[0] if len(last) else None
+    day = pd.to_datetime(frame["generated_at"], unit="s", utc=True).dt.strftime("%Y-%m-%d").to_numpy()
+    out = {key: frame[day == key].reset_index(drop=True) for key in keys}
+    context.log.info(f"{len(frame)} instructions for {frame['user_id'].nunique()} users over {len(keys)} days "
+                     f"in {seconds:.1f} s")
+    example = frame.iloc[-1] if len(frame) else None
     context.add_output_metadata(
         {
             "days": len(out),
-            "instructions": int(sum(len(f) for f in out.values())),
+            "instructions": int(len(frame)),
+            "users": int(frame["user_id"].nunique()),
+            "embedding_mb": round(len(frame) * text_embedder.encoder.dim * 4 / 2**20, 1),
+            "seconds": round(seconds, 1),
             "generator_version": getattr(reasoner, "version", ""),
             "example_user": str(example["user_id"]) if example is not None else "",
             "example_instruction": MetadataValue.md(str(example["instruction_text"])) if example is not None else "",
@@ -208,11 +218,14 @@ def training_examples(
     frame = feature_store.store().historical_features(entities, service="training")
     seconds = time.perf_counter() - start
     splits = frame["split"].value_counts().to_dict()
+    coverage = instruction_coverage(frame)
     context.add_output_metadata(
         {
             "dagster/row_count": len(frame),
             "splits": MetadataValue.json(splits),
-            "with_instruction": float(frame["has_instruction"].mean()) if len(frame) else 0.0,
+            "with_instruction": coverage["all"],
+            "instruction_coverage": MetadataValue.json({k: round(v, 4) for k, v in coverage.items()}),
+            "mean_long_len": float(frame["long_len"].mean()) if len(frame) else 0.0,
             "seconds": round(seconds, 1),
         }
     )

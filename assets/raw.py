@@ -9,6 +9,7 @@ Expectations gates in ``assets/checks.py``.
 import pandas as pd
 from dagster import AssetExecutionContext, BackfillPolicy, MetadataValue, asset
 
+from models.data.loaders import unify_interactions
 from orchestration.params import ParamsResource
 from orchestration.partitions import scenario_partitions
 from orchestration.resources import DataSourceResource
@@ -82,13 +83,10 @@ def raw_interactions(context: AssetExecutionContext, data_source: DataSourceReso
 def interaction_log(
     context: AssetExecutionContext, raw_interactions: dict[str, pd.DataFrame], params: ParamsResource
 ) -> pd.DataFrame:
-    """All scenarios in one time-ordered log; users below the minimum history length are dropped."""
+    """All scenarios in one time-ordered log (same-second events in the source file's row order); users below
+    the minimum history length are dropped."""
     minimum = params.settings.validation.min_interactions_per_user
-    log = pd.concat(list(raw_interactions.values()), ignore_index=True)
-    log = log.sort_values(["user_id", "timestamp"], kind="stable").reset_index(drop=True)
-    counts = log.groupby("user_id")["item_id"].transform("size")
-    dropped_users = int(log.loc[counts < minimum, "user_id"].nunique())
-    log = log[counts >= minimum].reset_index(drop=True)
+    log, dropped_users = unify_interactions(raw_interactions.values(), minimum)
     per_scenario = log.groupby("scenario").agg(rows=("item_id", "size"), users=("user_id", "nunique"))
     context.add_output_metadata(
         {

@@ -41,7 +41,7 @@ daily_instructions_job = define_asset_job(
     "daily_instructions",
     selection=AssetSelection.assets("reasoning_instructions"),
     partitions_def=instruction_day_partitions,
-    description="Slow thinking: the daily full refresh of every user's reasoning instruction.",
+    description="Slow thinking: the reasoning instructions of every user active that day (one per activity window).",
 )
 
 # the instructions have their own daily job; the near-line updates are the sensor's
@@ -95,12 +95,12 @@ def daily_retraining_schedule(context: ScheduleEvaluationContext) -> RunRequest:
     )
 
 
-# Instructions for day D are generated at the start of D from everything before it: the run at
-# instructions_cron on day D materializes partition D.
+# Partition D holds the instructions of the activity that ended during D: the run at instructions_cron on day
+# D + 1 materializes partition D (the last complete day; the near-line sensor pushed them online as they came).
 _cron_minute, _cron_hour = _schedule_settings.instructions_cron.split()[:2]
 daily_instructions_schedule = build_schedule_from_partitioned_job(
     daily_instructions_job,
     hour_of_day=int(_cron_hour),
     minute_of_hour=int(_cron_minute),
-    description="Daily full refresh of the reasoning instructions (slow thinking).",
+    description="Daily batch of the reasoning instructions of yesterday's activity (slow thinking).",
 )

@@ -1,9 +1,9 @@
 """Partitions. Scenarios are data, not code: the static scenario partitions come from ``params.yaml``
 (``data.scenarios``), or from the distinct scenarios of the file source when that is ``auto``.
 
-Reasoning instructions are refreshed daily: one partition per day of the data span (synthetic world: its
-configured window; files: first to last interaction day), optionally only the last
-``features.instruction_history_days`` of it.
+Reasoning instructions have one partition per day of the data span (synthetic world: its configured window;
+files: first to last interaction day, plus one): partition D holds the instructions generated during D (after the
+users' activity windows that closed in D), optionally only the last ``features.instruction_history_days`` days.
 """
 
 from __future__ import annotations
@@ -41,12 +41,13 @@ def data_span(settings: Settings) -> tuple[dt.date, dt.date]:
 
 
 def instruction_day_bounds(settings: Settings) -> tuple[dt.date, dt.date]:
-    """[start, end) of the daily instruction partitions: through the day after the last event (instructions
-    are generated at the start of a day from everything before it)."""
+    """[start, end) of the daily instruction partitions: from the first day with events through the day after
+    the last one (an instruction is generated when a user's activity window closes, which can be after
+    midnight)."""
     first, last = data_span(settings)
     end = last + dt.timedelta(days=2)
     days = settings.features.instruction_history_days
-    start = max(first + dt.timedelta(days=1), end - dt.timedelta(days=days)) if days else first + dt.timedelta(days=1)
+    start = max(first, end - dt.timedelta(days=days)) if days else first
     return start, end
 
 

@@ -11,12 +11,13 @@ import json
 import os
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 from dagster import ConfigurableResource
 from pydantic import PrivateAttr
 
 from models.data.loaders import find_table, load_interactions, load_items, load_users
-from models.data.schema import DataSourceError
+from models.data.schema import SOURCE_ROW, DataSourceError
 from models.embeddings.text import EmbeddingCache, MiniLMEncoder
 
 from .settings import Settings, resolve_path
@@ -91,8 +92,11 @@ class DataSourceResource(ConfigurableResource):
         return load_users(path) if path is not None else None
 
     def interactions(self, scenario: str | None = None) -> pd.DataFrame:
+        """The interactions (of one scenario), with ``source_row`` = the row's position in the file: the tie
+        breaker for events in the same second once the scenario partitions are concatenated again."""
         path = self._table("interactions")
         frame = load_interactions(path)
+        frame[SOURCE_ROW] = np.arange(len(frame), dtype=np.int64)
         if scenario is None:
             return frame
         frame = frame[frame["scenario"] == scenario].reset_index(drop=True)

@@ -37,6 +37,7 @@ from .schema import (
     ITEM_OPTIONAL_DEFAULTS,
     ITEM_REQUIRED,
     ITEM_STRING_COLUMNS,
+    SOURCE_ROW,
     USER_REQUIRED,
     DataSourceError,
 )
@@ -287,3 +288,20 @@ def load_dataset(directory: str | Path) -> tuple[pd.DataFrame, pd.DataFrame, pd.
     users_path = find_table(directory, "users")
     users = load_users(users_path) if users_path is not None else None
     return load_items(paths["items"]), load_interactions(paths["interactions"]), users
+
+
+def unify_interactions(partitions: Iterable[pd.DataFrame], min_interactions: int = 1) -> tuple[pd.DataFrame, int]:
+    """One log from per-scenario partitions, ordered per user by time with ties in the source file's row order
+    (``source_row`` when the partitions carry it, else the concatenation order), without users below
+    ``min_interactions`` events. Returns (log, number of users dropped); ``source_row`` is not kept."""
+    frames = list(partitions)
+    if not frames:
+        raise ValueError("unify_interactions: no partitions")
+    log = pd.concat(frames, ignore_index=True)
+    keys = ["user_id", "timestamp"] + ([SOURCE_ROW] if SOURCE_ROW in log.columns else [])
+    if SOURCE_ROW in log.columns and log[SOURCE_ROW].isna().any():
+        raise ValueError(f"unify_interactions: some partitions lack {SOURCE_ROW!r}; re-materialize them all")
+    log = log.sort_values(keys, kind="stable").drop(columns=[SOURCE_ROW], errors="ignore").reset_index(drop=True)
+    counts = log.groupby("user_id")["item_id"].transform("size")
+    dropped = int(log.loc[counts < min_interactions, "user_id"].nunique())
+    return log[counts >= min_interactions].reset_index(drop=True), dropped

@@ -39,6 +39,10 @@ USER_REQUIRED = ("user_id",)
 
 ID_COLUMNS = ("user_id", "item_id")
 
+# Position of an interaction in its source file, added when a source is split into scenario partitions: the tie
+# breaker that restores the file's row order for events in the same second when the partitions are joined again.
+SOURCE_ROW = "source_row"
+
 # sane timestamp window used by the validation gates: [2000-01-01, 2100-01-01) UTC, in Unix seconds
 TIMESTAMP_MIN = 946_684_800
 TIMESTAMP_MAX = 4_102_444_800

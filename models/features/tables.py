@@ -66,6 +66,7 @@ __all__ = [
     "scenario_instruction_table",
     "reasoning_instruction_table",
     "training_entities",
+    "instruction_coverage",
 ]
 
 EPOCH = pd.Timestamp(0, unit="s", tz="UTC").as_unit("us")
@@ -487,3 +488,19 @@ def training_entities(log: pd.DataFrame, split: str | Sequence[str] | None = Non
         "split": labels.astype(object),
     })
     return frame[np.isin(labels, wanted)].reset_index(drop=True)
+
+
+def instruction_coverage(frame: pd.DataFrame) -> dict[str, float]:
+    """Share of training-frame rows that carry a reasoning instruction, overall and per split (rows are
+    targets with at least one earlier event of the user), plus the median instruction age in days."""
+    _require(frame, "training frame", ("has_instruction", "split"))
+    has = frame["has_instruction"].to_numpy(dtype=bool)
+    out = {"all": float(has.mean()) if len(has) else 0.0}
+    for split in SPLITS:
+        part = has[frame["split"].to_numpy() == split]
+        out[split] = float(part.mean()) if len(part) else 0.0
+    if "generated_at" in frame and "target_timestamp" in frame and has.any():
+        age = (frame["target_timestamp"].to_numpy(np.int64)[has]
+               - frame["generated_at"].to_numpy(dtype=np.float64, na_value=np.nan)[has]) / DAY
+        out["median_age_days"] = float(np.nanmedian(age))
+    return out

@@ -203,6 +203,26 @@ def _last_k(group: np.ndarray, k: int) -> np.ndarray:
     return (run_end - np.arange(len(group))) <= k
 
 
+def _window_pairs(row_users: np.ndarray, ts: np.ndarray, request_users: np.ndarray, as_of: np.ndarray,
+                  window_s: int) -> tuple[np.ndarray, np.ndarray]:
+    """(interaction row, request) pairs with the row's user = the request's and ``as_of - window_s <= ts < as_of``.
+
+    Rows are sorted once by (user, time); each request's rows are one contiguous range found with two binary
+    searches on the composite key ``user * span + (ts - t0)``; the ranges are expanded without a Python loop."""
+    codes, names = pd.factorize(np.concatenate([row_users, request_users]))
+    row_u, req_u = codes[: len(row_users)].astype(np.int64), codes[len(row_users):].astype(np.int64)
+    t0 = min(int(ts.min(initial=0)), int((as_of - window_s).min(initial=0)))
+    span = max(int(ts.max(initial=0)), int(as_of.max(initial=0))) - t0 + 2
+    order = np.argsort(row_u * span + (ts - t0), kind="stable")
+    keys = (row_u * span + (ts - t0))[order]
+    lo = np.searchsorted(keys, req_u * span + (as_of - window_s - t0), side="left")
+    hi = np.searchsorted(keys, req_u * span + (as_of - t0), side="left")  # ts < as_of
+    length = np.maximum(hi - lo, 0)
+    offsets = np.concatenate([[0], np.cumsum(length)[:-1]])
+    flat = np.repeat(lo - offsets, length) + np.arange(int(length.sum()), dtype=np.int64)
+    return order[flat], np.repeat(np.arange(len(request_users), dtype=np.int64), length)
+
+
 def _bounds(group: np.ndarray, n_groups: int) -> np.ndarray:
     """Start offsets (length n_groups + 1) of each group in an array sorted by group."""
     return np.searchsorted(group, np.arange(n_groups + 1))
@@ -227,6 +247,12 @@ def _top_scores(uc: np.ndarray, labels: np.ndarray, weights: np.ndarray, n_users
 
 
 def _as_of_array(as_of, user_ids: np.ndarray) -> np.ndarray:
+    if isinstance(as_of, (np.ndarray, list, tuple)):  # one as_of per request row (users may repeat)
+        arr = np.asarray(as_of)
+        if arr.shape != (len(user_ids),) or not np.issubdtype(arr.dtype, np.integer):
+            raise ValueError(f"as_of as an array must hold one int per user_ids entry ({len(user_ids)}), "
+                             f"got shape {arr.shape} dtype {arr.dtype}")
+        return arr.astype(np.int64)
     if isinstance(as_of, pd.Series):
         vals = as_of.reindex(pd.Index(user_ids))
         if vals.isna().any():
@@ -243,7 +269,7 @@ def build_user_contexts(
     interactions: pd.DataFrame,
     items: pd.DataFrame,
     users: pd.DataFrame | None,
-    as_of: int | pd.Series,
+    as_of: int | pd.Series | np.ndarray,
     window_days: int = 30,
     max_events: int = 30,
     *,
@@ -256,6 +282,10 @@ def build_user_contexts(
     Users, in output order: ``user_ids`` if given, else the index of an ``as_of`` Series, else ``users.user_id``,
     else the distinct interaction users in first-seen order. Users without events get an empty context (the
     reasoners turn it into their default instruction). ``calendar`` overrides the automatic choice.
+
+    ``as_of`` is one time for everyone, a Series user_id -> time, or an int array aligned with ``user_ids``: then
+    each entry is a request (user, as_of) and a user may appear several times (e.g. one context after each of
+    their bursts of activity), each context built from that user's events before its own ``as_of``.
     """
     with paused_gc():
         return _build_user_contexts(interactions, items, users, as_of, window_days, max_events,
@@ -293,9 +323,12 @@ def _build_user_contexts(
         uids = users["user_id"].astype(str).to_numpy(dtype=object)
     else:
         uids = pd.unique(interactions["user_id"].astype(str).to_numpy(dtype=object))
-    if len(set(uids)) != len(uids):
+    per_request = isinstance(as_of, (np.ndarray, list, tuple))
+    if per_request and user_ids is None:
+        raise ValueError("as_of as an array needs user_ids (one request per entry)")
+    if not per_request and len(set(uids)) != len(uids):
         raise ValueError("user ids must be unique")
-    n_users = len(uids)
+    n_users = len(uids)  # contexts to build (requests)
     as_of_arr = _as_of_array(as_of.set_axis(as_of.index.astype(str)) if isinstance(as_of, pd.Series) else as_of, uids)
 
     # ---- item attributes, price relative to the item's group median
@@ -313,17 +346,15 @@ def _build_user_contexts(
     median = pd.Series(i_price).groupby(group).transform("median").to_numpy(np.float64)
     i_logrel = np.log(i_price / median)
 
-    # ---- point-in-time filter (vectorized over all rows)
-    uc = pd.Index(uids).get_indexer(interactions["user_id"].astype(str))
+    # ---- point-in-time filter (vectorized over all rows): (interaction row, context) pairs in each window
     ts = pd.to_numeric(interactions["timestamp"], errors="coerce").to_numpy()
     if np.isnan(ts.astype(np.float64)).any():
         raise ValueError("interactions column 'timestamp' has missing or non-numeric values")
     ts = ts.astype(np.int64)
-    t_hi = as_of_arr[np.maximum(uc, 0)]
-    keep = (uc >= 0) & (ts < t_hi) & (ts >= t_hi - DAY * cfg.window_days)
-    rows = np.flatnonzero(keep)
     n_rows = len(interactions)
-    uc, ts = uc[rows], ts[rows]
+    rows, uc = _window_pairs(interactions["user_id"].astype(str).to_numpy(dtype=object), ts, uids, as_of_arr,
+                             DAY * cfg.window_days)
+    ts = ts[rows]
     order = np.lexsort((rows, ts, uc))  # by user, then time, then original row (stable)
     rows, uc, ts = rows[order], uc[order], ts[order]
     item_id = interactions["item_id"].astype(str).to_numpy(dtype=object)[rows]
@@ -393,8 +424,8 @@ def _build_user_contexts(
 
     # ---- profiles (hidden truth columns dropped)
     profiles: list[dict] = [{} for _ in range(n_users)]
-    if users is not None:
-        cols = [c for c in users.columns if c != "user_id" and c not in HIDDEN_USER_COLUMNS]
+    cols = [] if users is None else [c for c in users.columns if c != "user_id" and c not in HIDDEN_USER_COLUMNS]
+    if cols:  # a users table with ids only (or none at all) leaves every profile empty
         u_index = pd.Index(users["user_id"].astype(str)).get_indexer(uids)
         recs = users[cols].to_dict("records")
         for i in np.flatnonzero(u_index >= 0):  # per-user assembly

@@ -24,20 +24,20 @@ FEATURE_STAGES = ["scenario_instructions", "feature_sources", "feast_registry", 
 def pipeline(tmp_path_factory, small_world_dir):
     root = tmp_path_factory.mktemp("features") / "data"
     defs = build_definitions(resources=make_resources(root, small_world_dir))
-    # The small world spans 30 days from its own start; instructions for its last week are enough here.
+    # The small world spans 30 days from its own start: instructions for every day of it (they scale with activity)
     world_days = pd.to_datetime(pd.read_parquet(small_world_dir / "interactions.parquet")["timestamp"], unit="s")
     days = [d for d in instruction_day_partitions.get_partition_keys()
-            if world_days.min().strftime("%Y-%m-%d") < d <= (world_days.max() + pd.Timedelta(days=1)).strftime("%Y-%m-%d")]
+            if world_days.min().strftime("%Y-%m-%d") <= d <= (world_days.max() + pd.Timedelta(days=1)).strftime("%Y-%m-%d")]
     with DagsterInstance.ephemeral() as instance:
         runs = [
             defs.resolve_job_def("ingest").execute_in_process(instance=instance, tags=all_scenarios_tags()),
             defs.resolve_job_def("daily_instructions").execute_in_process(
-                instance=instance, tags={PARTITION_RANGE_START: days[-7], PARTITION_RANGE_END: days[-1]}
+                instance=instance, tags={PARTITION_RANGE_START: days[0], PARTITION_RANGE_END: days[-1]}
             ),
             defs.resolve_job_def("refresh_features").execute_in_process(instance=instance, tags=all_scenarios_tags()),
         ]
     assert all(r.success for r in runs)
-    return root, runs, days[-7:]
+    return root, runs, days
 
 
 def test_feature_stages_all_materialize(pipeline):
@@ -46,18 +46,36 @@ def test_feature_stages_all_materialize(pipeline):
     assert set(FEATURE_STAGES) <= built
 
 
-def test_daily_instructions_are_point_in_time_and_embedded(pipeline):
+def test_instructions_follow_activity_and_are_point_in_time(pipeline):
     root, _, days = pipeline
     log = pd.read_parquet(root / "interaction_log" / "_.parquet")
+    window = 300  # features.incremental_window_minutes = 5
+    frames = []
     for day in days:
         frame = pd.read_parquet(root / "reasoning_instructions" / f"{day}.parquet")
         start = int(pd.Timestamp(day, tz="UTC").timestamp())
-        assert (frame["generated_at"] == start).all()
-        # every user with history before the day, and nobody else
-        assert set(frame["user_id"]) == set(log.loc[log["timestamp"] < start, "user_id"])
-        vectors = np.stack(frame["instruction_embedding"].to_numpy())
-        assert vectors.shape[1] == 384 and np.allclose(np.linalg.norm(vectors, axis=1), 1, atol=1e-4)
-        assert frame["instruction_text"].str.len().min() > 20
+        assert ((frame["generated_at"] >= start) & (frame["generated_at"] < start + 86_400)).all()
+        frames.append(frame)
+    frame = pd.concat(frames, ignore_index=True)
+    # one instruction per user and 5-minute window with activity, generated when the window closes: nothing else
+    ends = (log["timestamp"] // window + 1) * window
+    expected = set(zip(log["user_id"], ends))
+    assert set(zip(frame["user_id"], frame["generated_at"])) == expected and len(frame) == len(expected)
+    assert len(frame) < len(log)  # scales with activity, not with users x days
+    vectors = np.stack(frame["instruction_embedding"].to_numpy())
+    assert vectors.shape[1] == 384 and np.allclose(np.linalg.norm(vectors, axis=1), 1, atol=1e-4)
+    assert frame["instruction_text"].str.len().min() > 20
+
+
+def test_most_examples_carry_an_instruction_built_from_earlier_events(pipeline):
+    root, runs, _ = pipeline
+    examples = pd.read_parquet(root / "training_examples" / "_.parquet")
+    # every example has an earlier event (the first event of a user is not an example)
+    assert (examples["long_len"] >= 1).all()
+    assert examples["has_instruction"].mean() >= 0.9
+    meta = next(e for e in runs[2].get_asset_materialization_events()
+                if e.asset_key.to_user_string() == "training_examples").materialization.metadata
+    assert meta["instruction_coverage"].value["all"] == pytest.approx(examples["has_instruction"].mean(), abs=1e-4)
 
 
 def test_online_store_serves_the_latest_instruction_and_defaults_unknown_users(pipeline):
@@ -65,7 +83,8 @@ def test_online_store_serves_the_latest_instruction_and_defaults_unknown_users(p
     from feature_repo.store import OxyFeatureStore
 
     store = OxyFeatureStore(root / "feast")
-    last = pd.read_parquet(root / "reasoning_instructions" / f"{days[-1]}.parquet")
+    every = pd.concat([pd.read_parquet(root / "reasoning_instructions" / f"{d}.parquet") for d in days])
+    last = every.sort_values("generated_at", kind="stable").drop_duplicates("user_id", keep="last")  # latest per user
     user = last["user_id"].iloc[0]
     online = store.online_features(user, "cart")
     assert online["has_instruction"] and online["instruction_text"] == last["instruction_text"].iloc[0]

@@ -1,5 +1,6 @@
 import datetime as dt
 
+import numpy as np
 import pandas as pd
 import pytest
 
@@ -261,3 +262,31 @@ def test_garbage_collector_state_is_restored():
         assert not gc.isenabled()
     finally:
         gc.enable()
+
+
+def test_requests_with_repeated_users_each_see_their_own_past():
+    """One context per (user, as_of) request: the same user twice, each built as if alone at its time."""
+    times = [AS_OF - 2 * DAY, AS_OF, AS_OF + 2 * DAY]
+    ctxs = build_user_contexts(_log(), _items(), _users(), np.array(times), user_ids=["a", "a", "b"])
+    alone = [build_user_contexts(_log(), _items(), _users(), t, user_ids=[u])[0] for u, t in zip(["a", "a", "b"], times)]
+    assert ctxs == alone
+    assert [c.n_events for c in ctxs] == [3, 6, 1]
+    assert all(e.timestamp < c.as_of for c in ctxs for e in c.events)
+
+
+def test_users_table_with_ids_only_gives_empty_profiles():
+    ids_only = _users()[["user_id"]]
+    ctxs = _by_user(build_user_contexts(_log(), _items(), ids_only, AS_OF))
+    assert ctxs["a"].profile == {} and ctxs["a"].n_events == 6
+
+
+def test_activity_requests_one_per_user_and_window():
+    from models.reasoning.refresh import activity_requests
+
+    log = pd.DataFrame({"user_id": ["a", "a", "a", "b", "a"],
+                        "timestamp": [1000, 1100, 1250, 1290, 5000]})
+    req = activity_requests(log, 0, 10_000, 300)  # windows [900, 1200) and [1200, 1500) for a; b in the second
+    assert req.values.tolist() == [["a", 1200], ["a", 1500], ["b", 1500], ["a", 5100]]
+    assert activity_requests(log, 1200, 1500, 300).values.tolist() == [["a", 1200]]  # end-exclusive range
+    with pytest.raises(ValueError, match="window_s"):
+        activity_requests(log, 0, 1, 0)
