@@ -17,7 +17,7 @@ help:
 	@echo "make ui     - Dagster UI on http://127.0.0.1:3000"
 	@echo "make serve  - Triton on 127.0.0.1:8000 (http) / 8001 (grpc) over the published model repository"
 	@echo "make bench  - benchmarks -> bench/results/*.json"
-	@echo "make evaluate DATA=<dir> - the whole graph on a standard-schema dataset -> data/evaluate/<name>/metrics.json"
+	@echo "make evaluate DATA=<dir> [SEED=n] - the whole graph on a standard-schema dataset -> data/evaluate/<name>/metrics.json"
 
 # (Re)install when the pins change. The lock file pins every transitive package; pyproject pins the direct ones.
 $(STAMP): pyproject.toml requirements.lock
@@ -34,11 +34,12 @@ $(DAGSTER_HOME):
 demo: venv | $(DAGSTER_HOME)
 	$(PY) -m orchestration.demo
 
-# A dataset in the standard schema (items / interactions [/ users], parquet or csv), in its own data directory.
-evaluate: venv | $(DAGSTER_HOME)
-	@test -n "$(DATA)" || { echo "usage: make evaluate DATA=<dir>"; exit 2; }
+# A dataset in the standard schema (items / interactions [/ users], parquet or csv), in its own data directory
+# and its own Dagster instance (data/evaluate/<name>/dagster_home); SEED= sets the models' seed (default: params).
+evaluate: venv
+	@test -n "$(DATA)" || { echo "usage: make evaluate DATA=<dir> [SEED=n]"; exit 2; }
 	OXYREC_DATA_DIR="$(abspath $(DATA))" OXYREC_HOME="$(CURDIR)/data/evaluate/$(notdir $(abspath $(DATA)))" \
-		$(PY) -m orchestration.evaluate
+		$(if $(SEED),OXYREC_SEED=$(SEED)) $(PY) -m orchestration.evaluate
 
 test: venv
 	$(PY) -m pytest

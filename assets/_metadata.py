@@ -39,3 +39,28 @@ def png_markdown(figure) -> MetadataValue:
     plt.close(figure)
     encoded = base64.b64encode(buffer.getvalue()).decode()
     return MetadataValue.md(f"![plot](data:image/png;base64,{encoded})")
+
+
+def bar_chart(table: pd.DataFrame, metrics: tuple[str, ...] = ("hr@10", "ndcg@10"), title: str = "") -> MetadataValue:
+    """Grouped bars of ``table`` (columns ``model``, ``group``, metrics): one panel per metric, one bar per model
+    in each group (scenario or overall)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import numpy as np
+
+    groups = list(dict.fromkeys(table["group"]))
+    models = list(dict.fromkeys(table["model"]))
+    figure, axes = plt.subplots(1, len(metrics), figsize=(4.5 * len(metrics), 3.0), squeeze=False)
+    width = 0.8 / max(len(models), 1)
+    x = np.arange(len(groups))
+    for axis, metric in zip(axes[0], metrics):
+        values = table.pivot_table(index="group", columns="model", values=metric).reindex(index=groups, columns=models)
+        for j, model in enumerate(models):
+            axis.bar(x + (j - (len(models) - 1) / 2) * width, values[model].to_numpy(), width, label=model)
+        axis.set_xticks(x, groups, rotation=30, ha="right", fontsize=7)
+        axis.set_title(f"{title} {metric}".strip(), fontsize=9)
+    axes[0][0].legend(fontsize=6)
+    figure.tight_layout()
+    return png_markdown(figure)

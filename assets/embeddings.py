@@ -8,6 +8,7 @@ import pandas as pd
 from dagster import AssetExecutionContext, MetadataValue, asset
 
 from models.embeddings.catalog import FusionConfig, build_catalog_embeddings
+from models.eval.split import training_events
 from orchestration.params import ParamsResource
 from orchestration.resources import TextEmbedderResource
 
@@ -22,7 +23,8 @@ def catalog_embeddings(
     text_embedder: TextEmbedderResource,
     params: ParamsResource,
 ) -> dict[str, np.ndarray]:
-    """Text embeddings of title + category + brand + description, fused with co-occurrence embeddings.
+    """Text embeddings of title + category + brand + description, fused with co-occurrence embeddings fitted on
+    the training events only (every user's validation and test events are left out: no transductive leak).
 
     Unchanged item texts are served from a content-hash cache, so only new or edited items are embedded.
     """
@@ -39,7 +41,8 @@ def catalog_embeddings(
     )
     cache = text_embedder.cache()
     context.log.info(f"embedding {len(raw_items)} items ({len(cache)} vectors cached)")
-    result = build_catalog_embeddings(raw_items, interaction_log, text_embedder.encoder, config, cache=cache)
+    result = build_catalog_embeddings(raw_items, training_events(interaction_log), text_embedder.encoder, config,
+                                      cache=cache)
     cache.save()
     throughput = result.n_embedded / result.text_seconds if result.n_embedded else float("nan")
     preview = pd.DataFrame(

@@ -24,6 +24,7 @@ from models.features import (
     training_entities,
     user_profile_table,
 )
+from models.eval.split import training_events
 from models.reasoning import RuleBasedReasoner
 from models.reasoning.refresh import refresh_after_activity, refresh_instructions
 from orchestration.params import ParamsResource
@@ -150,7 +151,7 @@ def feature_sources(
         "user_profile": user_profile_table(raw_users, columns=profile_columns),
         "user_short_term": short_term_table(interaction_log, item_semantic_ids, n_short=section.n_short),
         "user_long_term": long_term_table(interaction_log, n_long=section.n_long),
-        "item_features": item_features_table(raw_items, item_semantic_ids, interaction_log),
+        "item_features": item_features_table(raw_items, item_semantic_ids, training_events(interaction_log)),
         "scenario_instruction": scenario_instruction_table(
             dict(zip(scenario_instructions["scenario"], scenario_instructions["scenario_text"])),
             np.stack(scenario_instructions["scenario_embedding"].to_numpy()),

@@ -1,8 +1,9 @@
 """RL post-training of the SFT generator (OxygenREC's SA-GCPO stage): reward model, policy, gate, comparison.
 
 * ``reward_model``: the unified ranking model P(click / cart / order | user context, scenario, item), trained on
-  the train split's logged actions (+ sampled negatives), calibrated on half of the validation rows and scored
-  on the other half (AUC and log-loss next to a constant predictor).
+  90% of the train split's logged actions (+ sampled negatives), calibrated on the other 10% (nothing is fitted
+  on validation or test events) and scored on the validation rows (AUC and log-loss next to a constant
+  predictor).
 * ``rl_policy``: GRPO / GSPO / SA-GCPO (``rl.algorithm``) over the SFT generator with trie-constrained group
   sampling, a KL penalty to the frozen SFT model and ``rl.synthetic_share`` counterfactual prompts
   (models/rl/generator_policy.py). Metadata: reward / KL / entropy curves, validation HR@10 / NDCG@10 and mean
@@ -249,11 +250,12 @@ def reward_model(
     encoder = ExampleEncoder.fit(train, sid_table, SCENARIOS)  # reads scenario, instruction and short history
     n_scen = len(encoder.scenarios)
     s = rl.reward_model
-    train_data = reward_data_from_examples(encoder.encode(train), train["action"], item_x, trie, n_scen,
+    train_rows = reward_data_from_examples(encoder.encode(train), train["action"], item_x, trie, n_scen,
                                            s.num_negatives, seed)
-    held_out = reward_data_from_examples(encoder.encode(valid), valid["action"], item_x, trie, n_scen,
-                                         s.num_negatives, seed + 1)
-    calibration_rows, eval_rows = held_out.split((0.5, 0.5), seed=seed)
+    # fitted and calibrated on train-split rows only (nothing fitted on held-out events); scored on validation
+    train_data, calibration_rows = train_rows.split((0.9, 0.1), seed=seed)
+    eval_rows = reward_data_from_examples(encoder.encode(valid), valid["action"], item_x, trie, n_scen,
+                                          s.num_negatives, seed + 1)
     config = RewardModelConfig(
         user_dim=train_data.user_x.shape[1], item_dim=item_x.shape[1], num_scenarios=n_scen, hidden_dim=s.hidden_dim,
         scenario_dim=s.scenario_dim, mlp_layers=s.mlp_layers, lr=s.lr, batch_size=s.batch_size, epochs=s.epochs,

@@ -20,7 +20,10 @@ from dagster import (  # noqa: E402
     asset_check,
 )
 
-from models.eval.generative import compare_models, log_without  # noqa: E402
+from models.eval.cases import BEST_SASREC, compare  # noqa: E402
+from models.eval.cases import summary_table as case_table  # noqa: E402
+from models.eval.cases import gate as paired_gate_on_cases  # noqa: E402
+from models.eval.generative import evaluate_splits  # noqa: E402
 from models.eval.split import encode_ids, leave_last_out  # noqa: E402
 from models.lightning.ablations import run_ablations, summary_table  # noqa: E402
 from models.lightning.generator_data import ExampleEncoder  # noqa: E402
@@ -34,9 +37,10 @@ from orchestration.params import ParamsResource  # noqa: E402
 from orchestration.partitions import SCENARIOS  # noqa: E402
 from orchestration.resources import ArtifactStoreResource  # noqa: E402
 
-from ._metadata import markdown_table, md, png_markdown  # noqa: E402
+from ._metadata import bar_chart, markdown_table, md, png_markdown  # noqa: E402
 
 GROUP = "training"
+CANDIDATE = "oxygenrec_sft"  # the generator's name in sft_evaluation
 
 
 def configs(params: ParamsResource) -> tuple[GeneratorConfig, SFTConfig]:
@@ -125,7 +129,7 @@ def sft_model(
     }
 
 
-@asset(group_name=GROUP, kinds={"pytorch", "lightning"}, code_version="1")
+@asset(group_name=GROUP, kinds={"pytorch", "lightning"}, code_version="2")
 def sasrec_baseline(
     context: AssetExecutionContext,
     interaction_log: pd.DataFrame,
@@ -137,27 +141,32 @@ def sasrec_baseline(
     split = leave_last_out(interaction_log)
     encoder = encode_ids(split.items)
     out_dir = artifacts.asset_dir("sasrec_baseline")
-    shutil.rmtree(out_dir / "lightning", ignore_errors=True)  # a fresh fit each time: no stale best.ckpt to pick up
     sft = params.settings.sft
-    model, metrics = train_sasrec(split, config, encoder=encoder, default_root_dir=out_dir / "lightning",
-                                  accelerator=sft.accelerator, devices=sft.devices)
-    weights = save_sasrec(model, encoder, out_dir / "sasrec.pt")
-    shown = {k: round(float(v), 4) for k, v in metrics.items() if k.startswith(("valid/", "test/"))}
+    variants, rows = {}, []
+    for name, variant in (("sasrec", config),):
+        shutil.rmtree(out_dir / name, ignore_errors=True)  # a fresh fit each time: no stale best.ckpt to pick up
+        model, metrics = train_sasrec(split, variant, encoder=encoder, default_root_dir=out_dir / name,
+                                      accelerator=sft.accelerator, devices=sft.devices)
+        weights = save_sasrec(model, encoder, out_dir / f"{name}.pt")
+        variants[name] = {"weights": str(weights), "metrics": {k: float(v) for k, v in metrics.items()
+                                                               if isinstance(v, (int, float))}}
+        rows.append({"variant": name, "epochs": int(metrics["epochs"]), "best_epoch": int(metrics["best_epoch"]),
+                     "train_seconds": round(float(metrics["train_seconds"]), 1),
+                     **{k: round(float(metrics[k]), 4) for k in ("valid/hr@10", "valid/ndcg@10", "test/hr@10",
+                                                                  "test/ndcg@10")}})
     context.add_output_metadata(
         {
             "config": MetadataValue.json(dataclasses.asdict(config)),
-            "epochs": int(metrics["epochs"]),
-            "best_epoch": int(metrics["best_epoch"]),
-            "train_seconds": round(float(metrics["train_seconds"]), 1),
-            "valid_hr10": float(metrics["valid/hr@10"]),
-            "test_hr10": float(metrics["test/hr@10"]),
-            "metrics": MetadataValue.json(shown),
+            "variants": md(pd.DataFrame(rows)),
+            "epochs": rows[0]["epochs"],
+            "best_epoch": rows[0]["best_epoch"],
+            "valid_hr10": rows[0]["valid/hr@10"],
         }
     )
-    return {"weights": str(weights), "metrics": {k: float(v) for k, v in metrics.items()}}
+    return {"variants": variants}
 
 
-@asset(group_name=GROUP, kinds={"pytorch"}, code_version="2")
+@asset(group_name=GROUP, kinds={"pytorch"}, code_version="3")
 def sft_evaluation(
     context: AssetExecutionContext,
     sft_model: dict,
@@ -167,66 +176,74 @@ def sft_evaluation(
     interaction_log: pd.DataFrame,
     params: ParamsResource,
 ) -> pd.DataFrame:
-    """HR@k / NDCG@k per scenario on the validation and test splits: the generator next to popularity,
-    per-scenario popularity and SASRec, all on the same examples (baselines fitted before the targets)."""
+    """Every model on the same validation and test examples, one row per (split, model, example) with the
+    target's rank: the generator next to popularity, per-scenario popularity and SASRec (baselines fitted
+    before the targets). Metadata: HR@k / NDCG@k per scenario, a bar chart, and paired-bootstrap intervals of
+    the generator against each baseline on the test split."""
+    settings = params.settings
     sid_table = SemanticIdTable.from_frame(item_semantic_ids)
     encoder = ExampleEncoder.load(sft_model["encoder"], sid_table)
     model = load_generator(sft_model["checkpoint"])
-    sasrec, sasrec_encoder = load_sasrec(sasrec_baseline["weights"])
     trie = SIDTrie.from_codes(sid_table.codes, sid_table.vocab_sizes)
-    tables, overall = [], {}
-    held_out = training_examples[training_examples["split"].isin(["valid", "test"])]
-    for split in ("valid", "test"):
-        frame = training_examples[training_examples["split"] == split].reset_index(drop=True)
-        # validation baselines see the train events only; test baselines also the validation events
-        train_log = log_without(interaction_log, held_out if split == "valid" else frame)
-        overall[split], table = compare_models(
-            {"oxygenrec_sft": (model, encoder.encode(frame))}, frame, train_log, trie, sid_table,
-            beam_width=params.settings.sft.beam_width, scenario_names=encoder.scenarios,
-            sasrec=sasrec, sasrec_encoder=sasrec_encoder,
-        )
-        tables.append(table.assign(split=split))
-    table = pd.concat(tables, ignore_index=True)
-    table = table[["split", "model"] + [c for c in table.columns if c not in ("split", "model")]]
-    at_a_glance = pd.DataFrame(
-        [{"split": split, "model": name, "hr@10": m["hr@10"], "ndcg@10": m["ndcg@10"], "n": m["n"]}
-         for split, models in overall.items() for name, m in models.items()]
-    )
+    sasrec_models = {name: load_sasrec(path) for name, path in sasrec_weights(sasrec_baseline).items()}
+    cases = evaluate_splits({CANDIDATE: (model, encoder)}, training_examples, interaction_log, trie, sid_table,
+                            sasrec_models=sasrec_models, beam_width=settings.sft.beam_width)
+    table = case_table(cases)
+    overall = table[table["group"] == "overall"]
+    mine = overall[(overall["split"] == "test") & (overall["model"] == CANDIDATE)].iloc[0]
+    gate = settings.gate
+    intervals = pd.DataFrame([
+        {"model": name, **c.as_dict()}
+        for name in sorted(set(cases["model"]) - {CANDIDATE})
+        for c in compare(cases, CANDIDATE, name, "test", gate.metrics, resamples=gate.resamples,
+                         confidence=gate.confidence, seed=settings.seed)
+    ])
+    test = table[table["split"] == "test"]
     context.add_output_metadata(
         {
-            "test_examples": int(overall["test"]["oxygenrec_sft"]["n"]),
-            "hr10": float(overall["test"]["oxygenrec_sft"]["hr@10"]),
-            "ndcg10": float(overall["test"]["oxygenrec_sft"]["ndcg@10"]),
-            "comparison": md(at_a_glance),
-            "per_scenario_test": md(table[(table["split"] == "test") & (table["group"] != "overall")]),
+            "test_examples": int(mine["n"]),
+            "hr10": float(mine["hr@10"]),
+            "ndcg10": float(mine["ndcg@10"]),
+            "comparison": md(overall[["split", "model", "n", "hr@10", "ndcg@10", "hr@1", "ndcg@5"]]),
+            "paired_test": md(intervals[["model", "metric", "candidate", "reference", "difference", "low", "high",
+                                         "ratio"]]),
+            "per_scenario_test": md(test[test["group"] != "overall"]),
+            "test_by_scenario": bar_chart(test, title="test"),
         }
     )
-    return table
+    return cases
 
 
-def _overall(table: pd.DataFrame, split: str, model: str) -> float:
-    row = table[(table["split"] == split) & (table["model"] == model) & (table["group"] == "overall")]
-    if row.empty:
-        raise ValueError(f"sft_evaluation has no overall {split} row for {model!r}")
-    return float(row["hr@10"].iloc[0])
+def sasrec_weights(sasrec_baseline: dict) -> dict[str, str]:
+    """{variant name: weights path} of the sasrec_baseline manifest."""
+    return {name: v["weights"] for name, v in sasrec_baseline["variants"].items()}
 
 
 @asset_check(asset=sft_evaluation, blocking=True,
-             description="the generator's validation HR@10 is not below the configured baseline's")
+             description="paired bootstrap on the validation examples: the generator is not worse than the baseline")
 def sft_beats_baseline(sft_evaluation: pd.DataFrame, params: ParamsResource) -> AssetCheckResult:
-    baseline, tolerance = params.settings.sft.gate_baseline, params.settings.sft.gate_tolerance
-    model_hr, base_hr = _overall(sft_evaluation, "valid", "oxygenrec_sft"), _overall(sft_evaluation, "valid", baseline)
-    passed = model_hr >= base_hr - tolerance
-    valid = sft_evaluation[(sft_evaluation["split"] == "valid") & (sft_evaluation["group"] == "overall")]
+    settings = params.settings
+    gate = settings.gate
+    options = dict(resamples=gate.resamples, confidence=gate.confidence, seed=settings.seed)
+    baseline, decision = paired_gate_on_cases(sft_evaluation, CANDIDATE, settings.sft.gate_baseline, "valid",
+                                              gate.metrics, margin=settings.sft.gate_margin, **options)
+    versus_sasrec = {}
+    if any(m.startswith("sasrec") for m in sft_evaluation["model"].unique()):
+        best, vs = paired_gate_on_cases(sft_evaluation, CANDIDATE, BEST_SASREC, "valid", gate.metrics, **options)
+        versus_sasrec = {"best_sasrec": best,
+                         **{f"ratio_to_best_sasrec_{c.metric}": round(c.ratio, 4) for c in vs.comparisons}}
+    intervals = pd.DataFrame(decision.table())
     return AssetCheckResult(
-        passed=passed,
+        passed=decision.passed,
         severity=AssetCheckSeverity.ERROR,
-        description=(f"validation HR@10 {model_hr:.4f} {'>=' if passed else '<'} {baseline} {base_hr:.4f}"
-                     + (f" - tolerance {tolerance}" if tolerance else "")
-                     + ("" if passed else ": the model is refused (nothing downstream is built from it)")),
-        metadata={"model_valid_hr10": model_hr, "baseline": baseline, "baseline_valid_hr10": base_hr,
-                  "tolerance": tolerance,
-                  "validation": md(valid[["model", "n", "hr@10", "ndcg@10"]])},
+        description=decision.describe(CANDIDATE, baseline)
+        + ("" if decision.passed else ": the model is refused (nothing downstream is built from it)"),
+        metadata={"baseline": baseline, "margin": settings.sft.gate_margin,
+                  "intervals": md(intervals[["metric", "n", "candidate", "reference", "difference", "low", "high",
+                                             "ratio"]]),
+                  **{f"model_valid_{c.metric}": c.candidate for c in decision.comparisons},
+                  **{f"baseline_valid_{c.metric}": c.reference for c in decision.comparisons},
+                  **versus_sasrec},
     )
 
 

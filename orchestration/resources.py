@@ -206,7 +206,7 @@ def default_resources(settings: Settings) -> dict:
             source=settings.data.source,
             files_dir=settings.data.files_dir,
             cache_dir=str(root / "source"),
-            seed=settings.seed,
+            seed=synth.seed,
             n_items=synth.n_items,
             n_users=synth.n_users,
             n_days=synth.n_days,

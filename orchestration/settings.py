@@ -57,6 +57,7 @@ class DataSettings(_Section):
 
 
 class SyntheticSettings(_Section):
+    seed: int = 0                           # the world's own seed: model seeds (top-level seed) vary, the data not
     n_items: int = Field(5000, ge=10)
     n_users: int = Field(3000, ge=10)
     n_days: int = Field(90, ge=7)
@@ -191,11 +192,23 @@ class SFTSettings(_Section):
     devices: int = Field(1, ge=1)
     strategy: str = "auto"
     precision: str = "32-true"
-    # blocking gate on sft_evaluation: the generator's validation HR@10 must be >= this baseline's
-    gate_baseline: Literal["popularity", "popularity_per_scenario", "sasrec"] = "popularity"
-    gate_tolerance: float = Field(0.0, ge=0)  # passes if HR@10 >= baseline's - tolerance (0: never worse)
+    # blocking gate on sft_evaluation (the `gate` section's paired bootstrap on the validation examples): the
+    # lower bound of (generator - this baseline) must be >= -gate_margin for every gated metric
+    gate_baseline: Literal["popularity", "popularity_per_scenario", "sasrec", "sasrec_scenario",
+                           "best_sasrec"] = "popularity"
+    gate_margin: float = Field(0.0, ge=0)
     sasrec: SASRecSettings = SASRecSettings()
     ablations: AblationSettings = AblationSettings()
+
+
+class GateSettings(_Section):
+    """The one statistical gate (models/eval/significance.py): a paired bootstrap over the scored examples,
+    used by the SFT gate (generator vs a baseline) and the RL gate (RL policy vs its SFT model)."""
+
+    resamples: int = Field(1000, ge=100)
+    confidence: float = Field(0.95, gt=0, lt=1)
+    metrics: list[Literal["ndcg@10", "hr@10", "ndcg@5", "hr@5", "hr@1"]] = Field(
+        default_factory=lambda: ["ndcg@10", "hr@10"], min_length=1)
 
 
 class ScheduleSettings(_Section):
@@ -305,6 +318,7 @@ class Settings(_Section):
     features: FeatureSettings = FeatureSettings()
     sft: SFTSettings = SFTSettings()
     rl: RLSettings = RLSettings()
+    gate: GateSettings = GateSettings()
     schedule: ScheduleSettings = ScheduleSettings()
 
     @property
@@ -342,6 +356,11 @@ def load_settings(path: str | os.PathLike | None = None) -> Settings:
         data["files_dir"] = os.environ["OXYREC_DATA_DIR"]
         data["scenarios"] = "auto"
     raw["data"] = data
+    if os.environ.get("OXYREC_SEED"):  # the models' seed (make evaluate SEED=...); the synthetic world keeps its own
+        try:
+            raw["seed"] = int(os.environ["OXYREC_SEED"])
+        except ValueError as exc:
+            raise ValueError(f"OXYREC_SEED must be an integer, got {os.environ['OXYREC_SEED']!r}") from exc
     try:
         return Settings.model_validate(raw)
     except Exception as exc:  # pydantic's message names the key; add the file

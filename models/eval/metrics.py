@@ -21,7 +21,7 @@ import numpy as np
 import pandas as pd
 import torch
 
-__all__ = ["per_group_metrics", "per_case_metrics", "ranking_metrics", "target_ranks", "top_k"]
+__all__ = ["per_group_metrics", "per_case_metrics", "rank_metrics", "ranking_metrics", "target_ranks", "top_k"]
 
 DEFAULT_KS = (1, 5, 10)
 
@@ -56,7 +56,12 @@ def _check_ks(ks: Sequence[int], width: int) -> tuple[int, ...]:
 def per_case_metrics(ranked, targets, ks: Sequence[int] = DEFAULT_KS) -> dict[str, np.ndarray]:
     """Per-case hit and NDCG arrays ``{"hr@k": [B], "ndcg@k": [B]}`` (means of these are the metrics)."""
     r = target_ranks(ranked, targets)  # validates the shapes
-    ks = _check_ks(ks, int(np.shape(ranked)[1]))
+    return rank_metrics(r, _check_ks(ks, int(np.shape(ranked)[1])))
+
+
+def rank_metrics(ranks, ks: Sequence[int] = DEFAULT_KS) -> dict[str, np.ndarray]:
+    """``{"hr@k": [B], "ndcg@k": [B]}`` from 0-based target ranks (``inf`` = not ranked)."""
+    r = np.asarray(ranks, dtype=np.float64)
     gain = 1.0 / np.log2(np.where(np.isfinite(r), r, 0.0) + 2.0)
     out: dict[str, np.ndarray] = {}
     for k in ks:

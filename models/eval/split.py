@@ -26,7 +26,7 @@ from typing import Literal
 import numpy as np
 import pandas as pd
 
-__all__ = ["EvalCases", "IdEncoder", "LeaveLastOutSplit", "encode_ids", "leave_last_out"]
+__all__ = ["EvalCases", "IdEncoder", "LeaveLastOutSplit", "encode_ids", "leave_last_out", "training_events"]
 
 _ROW = "_row"  # helper column: original row position, the tie breaker
 
@@ -181,3 +181,10 @@ def leave_last_out(
         item_col=item_col,
         scenario_col=scenario_col,
     )
+
+
+def training_events(interactions: pd.DataFrame, *, min_interactions: int = 3, **columns) -> pd.DataFrame:
+    """The interactions anything may be *fitted* on (behaviour embeddings, codebooks, popularity, reward
+    models, any statistic): every user's events except their held-out validation and test events (the
+    ``train`` part of :func:`leave_last_out`, sorted per user by time with ties in row order)."""
+    return leave_last_out(interactions, min_interactions=min_interactions, **columns).train

@@ -10,6 +10,7 @@ import torch
 import pytest
 from dagster import AssetKey, DagsterInstance
 
+from models.eval.cases import summary_table
 from orchestration.definitions import build_definitions
 from orchestration.jobs import PARTITION_RANGE_END, PARTITION_RANGE_START, all_scenarios_tags
 from orchestration.partitions import instruction_day_partitions
@@ -158,7 +159,7 @@ def test_high_value_action_updates_only_affected_users_online(pipeline, tmp_path
 
 
 SFT = {**TINY_SFT, "sasrec": {"hidden": 16, "max_len": 10, "max_epochs": 2, "patience": 1},
-       "gate_tolerance": 1.0}  # a 4-batch model is not expected to beat popularity; the gate test sets 0
+       "gate_margin": 1.0}  # a 4-batch model is not expected to beat popularity; the gate test sets 0
 RL = {**TINY_RL, "hr10_tolerance": 1.0}  # the RL gate's refusals are tested in test_rl_pipeline.py
 
 
@@ -174,16 +175,21 @@ def trained(pipeline):
 
 def test_sft_is_evaluated_against_popularity_and_sasrec_on_the_same_examples(trained):
     root = trained
-    table = pd.read_parquet(root / "sft_evaluation" / "_.parquet")
+    cases = pd.read_parquet(root / "sft_evaluation" / "_.parquet")
+    table = summary_table(cases)
     overall = table[table["group"] == "overall"].set_index(["split", "model"])
     models = {"oxygenrec_sft", "popularity", "popularity_per_scenario", "sasrec"}
     assert set(overall.index) == {(split, m) for split in ("valid", "test") for m in models}
-    for split in ("valid", "test"):  # every model scored on the same examples
-        assert overall.loc[split]["n"].nunique() == 1 and overall.loc[split]["n"].iloc[0] > 0
+    examples = pd.read_parquet(root / "training_examples" / "_.parquet")
+    for split in ("valid", "test"):  # every model scored on the same examples: the split's examples, in order
+        n = int((examples["split"] == split).sum())
+        assert overall.loc[split]["n"].nunique() == 1 and overall.loc[split]["n"].iloc[0] == n > 0
+        for _, part in cases[cases["split"] == split].groupby("model"):
+            assert part["example"].tolist() == list(range(n))
     assert ((0.0 <= overall["hr@10"]) & (overall["hr@10"] <= 1.0)).all()
     manifest = json.loads((root / "sft_model" / "_.json").read_text())
     torch.load(manifest["checkpoint"], weights_only=True)  # checkpoints load without pickle code execution
-    sasrec = json.loads((root / "sasrec_baseline" / "_.json").read_text())
+    sasrec = json.loads((root / "sasrec_baseline" / "_.json").read_text())["variants"]["sasrec"]
     assert sasrec["metrics"]["epochs"] >= 1 and Path(sasrec["weights"]).is_file()
 
 
@@ -191,7 +197,7 @@ def test_the_gate_refuses_an_untrained_model_and_nothing_downstream_runs(trained
     root = tmp_path / "data"
     shutil.copytree(trained, root, ignore=shutil.ignore_patterns("triton_repository"))
     # one optimizer step: far below popularity on validation HR@10 (the gate's default baseline)
-    untrained = {**SFT, "limit_train_batches": 1, "lr": 1e-6, "warmup_steps": 0, "gate_tolerance": 0.0}
+    untrained = {**SFT, "limit_train_batches": 1, "lr": 1e-6, "warmup_steps": 0, "gate_margin": 0.0}
     defs = build_definitions(resources=make_resources(root, None, sft=untrained))
     selection = [AssetKey(k) for k in ("sft_model", "sft_evaluation", "rl_policy", "triton_model_repository")]
     with DagsterInstance.ephemeral() as instance:
@@ -200,7 +206,8 @@ def test_the_gate_refuses_an_untrained_model_and_nothing_downstream_runs(trained
     checks = {e.asset_check_key.name: e for e in result.get_asset_check_evaluations()}
     gate = checks["sft_beats_baseline"]
     assert not gate.passed
-    assert gate.metadata["model_valid_hr10"].value < gate.metadata["baseline_valid_hr10"].value
+    assert gate.metadata["model_valid_hr@10"].value < gate.metadata["baseline_valid_hr@10"].value
+    assert gate.metadata["baseline"].value == "popularity" and "lower bound" in gate.description
     built = {e.asset_key.to_user_string() for e in result.get_asset_materialization_events()}
     assert "sft_evaluation" in built and not {"rl_policy", "triton_model_repository"} & built
 

@@ -11,6 +11,7 @@ import torch
 
 import models.eval.generative as generative
 from models.decoding import constrained_beam_search
+from models.eval import cases as cases_mod
 from models.eval.generative import evaluate_baselines, evaluate_generator
 from models.eval.metrics import ranking_metrics
 from models.eval.split import IdEncoder
@@ -151,8 +152,31 @@ def test_compare_models_scores_every_model_on_the_same_examples():
     table, frame, enc, model, trie = setup()
     test = frame[frame.split == "test"].reset_index(drop=True)
     train_log = frame[frame.split == "train"].rename(columns={"target_timestamp": "timestamp"})
-    overall, out = generative.compare_models({"gen": (model, enc.encode(test))}, test, train_log, trie, table,
-                                             beam_width=10, scenario_names=enc.scenarios)
-    assert set(overall) == {"gen", "popularity", "popularity_per_scenario"}
-    assert {m["n"] for m in overall.values()} == {len(test)}
-    assert set(out["model"]) == set(overall) and list(out.columns[:2]) == ["model", "group"]
+    cases = generative.compare_models({"gen": (model, enc.encode(test))}, test, train_log, trie, table,
+                                      beam_width=10, scenario_names=enc.scenarios)
+    assert list(cases.columns) == list(cases_mod.CASE_COLUMNS)
+    assert set(cases["model"]) == {"gen", "popularity", "popularity_per_scenario"}
+    per_model = cases.groupby("model")
+    assert set(per_model.size()) == {len(test)}  # every model on every example, in the same order
+    assert all((g["example"].to_numpy() == np.arange(len(test))).all() for _, g in per_model)
+    out = cases_mod.summary_table(cases)
+    overall = out[out["group"] == "overall"].set_index("model")
+    # the cases reproduce evaluate_generator / evaluate_baselines exactly
+    gen, _ = evaluate_generator(model, enc.encode(test), trie, table, beam_width=10)
+    pop = evaluate_baselines(train_log, test, table)
+    for name, want in (("gen", gen), ("popularity", pop["popularity"][0]),
+                       ("popularity_per_scenario", pop["popularity_per_scenario"][0])):
+        assert all(overall.loc[name, m] == pytest.approx(want[m]) for m in ("hr@1", "hr@10", "ndcg@5", "ndcg@10"))
+        assert overall.loc[name, "n"] == len(test)
+    assert list(out.columns[:3]) == ["model", "group", "n"]
+
+
+def test_compare_models_refuses_examples_in_another_order():
+    table, frame, enc, model, trie = setup()
+    test = frame[frame.split == "test"].reset_index(drop=True)
+    train_log = frame[frame.split == "train"].rename(columns={"target_timestamp": "timestamp"})
+    shuffled = test.iloc[::-1].reset_index(drop=True)
+    if (shuffled["item_id"].to_numpy() == test["item_id"].to_numpy()).all():
+        pytest.fail("fixture needs distinct targets")
+    with pytest.raises(ValueError, match="frame's order"):
+        generative.compare_models({"gen": (model, enc.encode(shuffled))}, test, train_log, trie, table, beam_width=10)
