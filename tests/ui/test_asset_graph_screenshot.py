@@ -1,7 +1,7 @@
 """Headless Chromium renders the asset graph page of the running UI: wait until the graph is drawn, check its
 text, take a screenshot and check it is a real picture.
 
-Chromium comes from Debian (`apt-get install chromium`, done by .ci/run when missing). It is driven over the
+Chromium comes from Debian (`apt-get install chromium`, done by `make test` when missing). It is driven over the
 DevTools protocol (the `websockets` client is already pinned), so the test waits for the graph's data
 instead of guessing a fixed delay."""
 
@@ -26,7 +26,7 @@ def chromium() -> str:
         path = shutil.which(name)
         if path:
             return path
-    raise AssertionError("no chromium on PATH: install it (`apt-get install -y chromium`, see .ci/run)")
+    raise AssertionError("no chromium on PATH: install it (`apt-get install -y chromium`; `make test` does as root)")
 
 
 class Page:

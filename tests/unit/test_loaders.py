@@ -18,9 +18,6 @@ from models.data.loaders import (
 )
 from models.data.schema import ACTIONS, DataSourceError
 
-MOVIELENS = Path("/work/shared/data/movielens100k")
-
-
 def write(path: Path, text: str) -> Path:
     path.write_text(text)
     return path
@@ -40,22 +37,33 @@ LOG_CSV = (
 )
 
 
-# ------------------------------------------------------------------------------------------ the real data
-def test_movielens_100k_loads_with_exact_counts():
-    items, interactions, users = load_dataset(MOVIELENS)
+# ------------------------------------------------------------------------- data shaped like MovieLens-100K
+def test_movielens_shaped_data_loads_with_exact_counts(movielens_shaped):
+    written = movielens_shaped
+    items, interactions, users = load_dataset(written.directory)
     assert len(items) == 1682 and len(interactions) == 100_000 and len(users) == 943
     assert interactions["scenario"].unique().tolist() == ["movielens-100k"]
     assert interactions["timestamp"].dtype == np.int64
     assert interactions["timestamp"].between(874_724_710, 893_286_638).all()  # 1997-09 .. 1998-04
+    # row order kept, ties in one second included: the same Unix seconds in the same rows as written
+    assert interactions.duplicated(["user_id", "timestamp"]).sum() > 40_000
+    assert interactions["timestamp"].tolist() == written.interactions["timestamp"].tolist()
     # ids are strings exactly as written in the CSV, and every rated item is in the catalog
-    assert interactions.loc[0, ["user_id", "item_id"]].tolist() == ["196", "242"]
+    for column in ("user_id", "item_id"):
+        assert interactions[column].tolist() == written.interactions[column].astype(str).tolist()
     assert all(isinstance(v, str) for v in items["item_id"].head(50))
     assert interactions["item_id"].isin(items["item_id"]).all()
     assert set(interactions["user_id"]) == set(users["user_id"])
-    # defaults filled, extra columns kept
+    # defaults filled, extra columns kept (a quoted title with a comma survives)
     assert (interactions["action"] == "click").all() and (interactions["query"] == "").all()
     assert {"rating", "genre", "release_year"} <= set(interactions.columns) | set(items.columns)
+    assert interactions["rating"].tolist() == written.interactions["rating"].tolist()
+    assert items.loc[9, "title"] == "Title 10, The" and items.loc[9, "genre"] == written.items.loc[9, "genre"]
     assert items["price"].isna().all() and (items["brand"] == "").all()
+    # the users file: its profile columns kept as they are
+    assert users.columns.tolist() == ["user_id", "age", "gender", "occupation", "zip_code"]
+    assert users["user_id"].tolist() == [str(u) for u in range(1, 944)]
+    assert users["occupation"].tolist() == written.users["occupation"].tolist()
 
 
 # ------------------------------------------------------------------------------------------ normalization

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import json
 
 import numpy as np
@@ -182,17 +180,21 @@ def test_context_is_built_once_and_reports_are_frozen():
     assert isinstance(report.results[0], ExpectationResult)
 
 
-def test_movielens_100k_timings_and_the_default_time_window():
-    items, log, _ = load_dataset(Path("/work/shared/data/movielens100k"))
+def test_movielens_shaped_timings_and_the_default_time_window(movielens_shaped):
+    items, log, _ = load_dataset(movielens_shaped.directory)
     item_report = validate_items(items)
     assert item_report.success, item_report.summary()
-    # MovieLens-100K is from 1997-98: the default window (2000-01-01 .. 2100-01-01) rejects every row
+    # MovieLens-100K (and data in its shape) is from 1997-98: the default window (2000-01-01 .. 2100-01-01)
+    # rejects every row
     default = validate_interactions(log, items["item_id"], ["movielens-100k"])
     (failure,) = default.failures()
     assert (failure.column, failure.unexpected_count) == ("timestamp", 100_000)
     report = validate_interactions(log, items["item_id"], ["movielens-100k"], 20, timestamp_range=(0, 4102444800))
     assert report.success, report.summary()
     assert report.row_count == 100_000 and report.seconds < 5.0  # ~0.2-0.3 s measured on 2 cores
+    # user "3" has exactly 20 ratings: the history gate's edge
+    strict = validate_interactions(log, items["item_id"], ["movielens-100k"], 21, timestamp_range=(0, 4102444800))
+    assert [(f.column, f.unexpected_count, f.examples) for f in strict.failures()] == [("user_id", 1, ["3"])]
 
 
 def test_converted_amazon_data_passes_the_gates(tmp_path):
