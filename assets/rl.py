@@ -10,9 +10,10 @@
   reward per scenario, SFT vs RL. A fault (non-finite reward, loss or gradient) fails the asset with the reason;
   the restored last good policy is written next to the run and the previous materialization stays in place.
   A KL blow-up (post-update KL > ``rl.kl_stop``) stops training early and is reported.
-* ``rl_policy_no_regression`` (blocking): refuses a policy whose validation HR@10 is more than
-  ``rl.hr10_tolerance`` below the SFT model's (same examples, same beam search). Consumers take the latest
-  rl_policy whose check passed.
+* ``serving_candidate``: RL or SFT. The shared paired-bootstrap gate (models/eval/significance.py) compares the
+  RL policy with its SFT model on every validation example; RL is served only when every lower bound of
+  (RL - SFT) is >= -``rl.gate_margin``, otherwise the SFT model is. The choice and the reason are recorded, a
+  warning-level check (``serving_candidate_is_rl``) flags an SFT fallback, and the run does not fail.
 * ``rl_comparison`` (analysis, on demand): every ``rl.comparison`` algorithm x synthetic share with the same
   seed and budget: one table and one plot.
 
@@ -42,7 +43,10 @@ from dagster import (  # noqa: E402
     asset_check,
 )
 
-from models.eval.generative import evaluate_generator  # noqa: E402
+from models.eval.cases import gate as paired_gate_on_cases  # noqa: E402
+from models.eval.cases import summary_table as case_table  # noqa: E402
+from models.eval.generative import generator_ranked  # noqa: E402
+from models.eval.metrics import target_ranks  # noqa: E402
 from models.lightning.generator_data import ExampleEncoder  # noqa: E402
 from models.lightning.train import load_generator, save_generator  # noqa: E402
 from models.rl import (  # noqa: E402
@@ -58,6 +62,7 @@ from models.rl import (  # noqa: E402
     save_reward_model,
     train_reward_model,
 )
+from models.rl.verifiable import MixedReward, RewardMix  # noqa: E402
 from models.rl.generator_policy import (  # noqa: E402
     GeneratorPolicy,
     GeneratorPolicyConfig,
@@ -78,6 +83,7 @@ from orchestration.settings import RLSettings, Settings  # noqa: E402
 from ._metadata import md, png_markdown  # noqa: E402
 
 GROUP = "training"
+SFT, RL = "sft", "rl"  # the two candidates of serving_candidate
 
 
 # ----------------------------------------------------------------------------------------------- helpers
@@ -151,9 +157,12 @@ class RLSetup:
         self.sft = load_generator(sft_model["checkpoint"])
         self.encoder.check_config(self.sft.cfg)
         train = split_rows(training_examples, "train", rl.max_examples, seed)
-        valid = split_rows(training_examples, "valid", rl.eval_examples, seed)
-        self.train_prompts = self.encoder.encode(train, targets=False)
-        self.valid = self.encoder.encode(valid)
+        # evaluated on every validation (and test) example sft_evaluation scores, in the same order
+        self.frames = {split: split_rows(training_examples, split, len(training_examples), seed)
+                       for split in ("valid", "test")}
+        self.train_prompts = self.encoder.encode(train)  # with targets: the verifiable reward reads them
+        self.encoded = {split: self.encoder.encode(frame) for split, frame in self.frames.items()}
+        self.valid = self.encoded["valid"]
         self.valid_prompts = {k: v for k, v in self.valid.items() if k not in ("target_sids", "target_item")}
         self.reward_net = load_reward_model(reward_model["checkpoint"])
         self.item_x = torch.from_numpy(np.load(reward_model["item_features"], allow_pickle=False))
@@ -161,33 +170,56 @@ class RLSetup:
         self.unused_weights = sorted(set(rl.reward.scenarios) - set(self.encoder.scenarios))
         self.mapping = mapping_for_scenarios(self.encoder.scenarios, weights, dict(rl.reward.default),
                                              rl.reward.invalid_penalty, rl.reward.diversity_bonus)
-        self.reward_fn = make_reward_fn(self.reward_net, self.mapping, self.item_x, self.trie)
+        self.learned_reward = make_reward_fn(self.reward_net, self.mapping, self.item_x, self.trie)
+        r = rl.reward
+        self.mix = RewardMix(learned_weight=r.learned_weight, verifiable_weight=r.verifiable_weight,
+                             prefix_credit=r.prefix_credit, rank_penalty=r.rank_penalty)
+        self.reward_fn = MixedReward(self.learned_reward, self.mix)
+        self.policy_config = GeneratorPolicyConfig(temperature=rl.temperature, group=rl.group_sampling)
+        self.item_codes = torch.as_tensor(self.sid_table.codes, dtype=torch.long)
         # frozen copy: the SFT reference of the KL term and of the before numbers (self.sft stays trainable to copy)
-        self.reference = GeneratorPolicy(copy.deepcopy(self.sft), self.trie, GeneratorPolicyConfig(temperature=rl.temperature))
+        self.reference = self.policy(copy.deepcopy(self.sft))
         for p in self.reference.parameters():
             p.requires_grad_(False)
         self.beam_width = settings.sft.beam_width
         self.before = self.evaluate(self.reference)
 
+    def policy(self, model) -> GeneratorPolicy:
+        return GeneratorPolicy(model, self.trie, self.policy_config, item_codes=self.item_codes)
+
+    def cases(self, model, name: str) -> pd.DataFrame:
+        """Per-example ranks (models.eval.cases) of ``model``'s beam search on every validation and test example."""
+        parts = []
+        for split, frame in self.frames.items():
+            ranked, targets, _, _ = generator_ranked(model, self.encoded[split], self.trie, 10, self.beam_width)
+            parts.append(pd.DataFrame({
+                "split": split, "model": name, "example": np.arange(len(frame)),
+                "user_id": frame["user_id"].astype(str).to_numpy(), "scenario": frame["scenario"].astype(str).to_numpy(),
+                "rank": target_ranks(ranked, np.where(targets >= 0, targets, -2))}))
+        return pd.concat(parts, ignore_index=True)
+
     def evaluate(self, policy: GeneratorPolicy) -> dict:
-        """Validation HR@10 / NDCG@10 (beam search) and mean sampled reward, overall and per scenario."""
-        overall, table = evaluate_generator(policy.model, self.valid, self.trie, self.sid_table,
-                                            beam_width=self.beam_width, scenario_names=self.encoder.scenarios)
-        reward = expected_reward(policy, self.valid_prompts, self.reward_fn, self.rl.group_size, seed=self.seed)
+        """Validation HR@10 / NDCG@10 (beam search, every validation example) and mean sampled learned reward,
+        overall and per scenario."""
+        cases = self.cases(policy.model, "policy")
+        table = case_table(cases[cases["split"] == "valid"].drop(columns="split"))
+        overall = table[table["group"] == "overall"].iloc[0]
+        reward = expected_reward(policy, self.valid_prompts, self.learned_reward, self.rl.group_size, seed=self.seed)
         names = np.asarray(self.encoder.scenarios, dtype=object)
         scen = self.valid_prompts["scenario"].numpy()
         per_reward = {str(names[s]): v for s, v in reward["per_scenario"].items()}
         table = table.assign(reward=[reward["mean"] if g == "overall" else per_reward.get(str(g), float("nan"))
                                      for g in table["group"]])
         return {"hr10": float(overall["hr@10"]), "ndcg10": float(overall["ndcg@10"]), "reward": reward["mean"],
-                "valid_share": reward["valid_share"], "table": table, "n": int(len(scen))}
+                "valid_share": reward["valid_share"], "table": table.drop(columns="model"), "n": int(len(scen)),
+                "cases": cases}
 
     def train(self, algorithm: str, synthetic_share: float, steps: int | None = None, log=None,
               ppo_epochs: int | None = None, seed: int | None = None, **overrides):
         """(policy, history) of one RL run; RLTrainingError propagates with the policy restored.
         ``seed`` (default: the setup's) seeds prompt and item sampling; ``overrides`` replace RLConfig fields."""
         seed = self.seed if seed is None else seed
-        policy = GeneratorPolicy(copy.deepcopy(self.sft), self.trie, GeneratorPolicyConfig(temperature=self.rl.temperature))
+        policy = self.policy(copy.deepcopy(self.sft))
         prompts = PromptSet(self.train_prompts, len(self.encoder.scenarios),
                             PromptConfig(batch_size=self.rl.prompts_per_step, synthetic_share=synthetic_share))
         config = rl_config(self.rl, seed, algorithm, steps, ppo_epochs, **overrides)
@@ -344,6 +376,13 @@ def rl_policy(
     after = setup.evaluate(policy)
     before = setup.before
     checkpoint = save_generator(policy.model, run_dir / "policy.pt")
+    # every validation and test example, SFT and RL side by side: what serving_candidate's gate reads
+    cases = pd.concat([before["cases"].assign(model=SFT), after["cases"].assign(model=RL)], ignore_index=True)
+    cases_path = run_dir / "cases.parquet"
+    cases.to_parquet(cases_path, index=False)
+    gate = settings.gate
+    _, decision = paired_gate_on_cases(cases, RL, SFT, "valid", gate.metrics, margin=rl.gate_margin,
+                                       resamples=gate.resamples, confidence=gate.confidence, seed=setup.seed)
     last = history[-1]
     stopped = last["stopped_reason"]
     if stopped == "kl_stop":
@@ -367,6 +406,8 @@ def rl_policy(
         "reward_sft": before["reward"],
         "reward_rl": after["reward"],
         "per_scenario": table.to_dict(orient="records"),
+        "cases": str(cases_path),
+        "valid_intervals": decision.table(),
         "history": numeric_history(history),
     }
     context.add_output_metadata({
@@ -382,6 +423,8 @@ def rl_policy(
         "val_ndcg10_sft": before["ndcg10"],
         "val_ndcg10_rl": after["ndcg10"],
         "per_scenario": md(table),
+        "rl_vs_sft_valid": md(pd.DataFrame(decision.table())[["metric", "n", "candidate", "reference", "difference",
+                                                               "low", "high"]]),
         "curves": reward_curves(history),
         "unused_reward_weights": MetadataValue.json(setup.unused_weights),
         "seconds": round(time.perf_counter() - start, 1),
@@ -390,20 +433,38 @@ def rl_policy(
     return result
 
 
-@asset_check(asset=rl_policy, blocking=True, description="validation HR@10 no more than rl.hr10_tolerance below SFT")
-def rl_policy_no_regression(rl_policy: dict, params: ParamsResource) -> AssetCheckResult:
-    tolerance = params.settings.rl.hr10_tolerance
-    sft, rl = float(rl_policy["val_hr10_sft"]), float(rl_policy["val_hr10_rl"])
-    passed = rl >= sft - tolerance
-    verdict = "accepted" if passed else "refused"
+@asset(group_name=GROUP, kinds={"pytorch"}, code_version="1")
+def serving_candidate(context: AssetExecutionContext, sft_model: dict, rl_policy: dict, params: ParamsResource) -> dict:
+    """The model to serve: the RL policy when the paired bootstrap of (RL - SFT) on every validation example
+    clears the gate (``gate`` section, ``rl.gate_margin``), otherwise the SFT model it started from."""
+    settings = params.settings
+    gate = settings.gate
+    cases = pd.read_parquet(rl_policy["cases"])
+    _, decision = paired_gate_on_cases(cases, RL, SFT, "valid", gate.metrics, margin=settings.rl.gate_margin,
+                                       resamples=gate.resamples, confidence=gate.confidence,
+                                       seed=rl_seed(settings))
+    chosen = RL if decision.passed else SFT
+    source = rl_policy if decision.passed else sft_model
+    reason = decision.describe(RL, SFT) + (": serving the RL policy" if decision.passed else
+                                           ": RL did not clear the gate, serving the SFT model")
+    table = case_table(cases)
+    overall = table[table["group"] == "overall"][["split", "model", "n", "hr@10", "ndcg@10"]]
+    context.add_output_metadata({"served": chosen, "reason": MetadataValue.md(reason), "comparison": md(overall)})
+    return {"served": chosen, "reason": reason, "checkpoint": source["checkpoint"], "encoder": source["encoder"],
+            "generator_config": source["generator_config"], "algorithm": rl_policy["algorithm"] if decision.passed
+            else "sft", "valid_intervals": decision.table()}
+
+
+@asset_check(asset=serving_candidate, blocking=False,
+             description="RL post-training helped: the RL policy (not the SFT fallback) is the serving candidate")
+def serving_candidate_is_rl(serving_candidate: dict) -> AssetCheckResult:
     return AssetCheckResult(
-        passed=passed,
-        severity=AssetCheckSeverity.ERROR,
-        description=(f"policy {verdict}: validation HR@10 RL {rl:.4f} vs SFT {sft:.4f} "
-                     f"(tolerance {tolerance:g}, floor {sft - tolerance:.4f})"),
-        metadata={"val_hr10_sft": sft, "val_hr10_rl": rl, "tolerance": tolerance, "delta": rl - sft,
-                  "reward_sft": float(rl_policy["reward_sft"]), "reward_rl": float(rl_policy["reward_rl"]),
-                  "val_examples": int(rl_policy["val_examples"])},
+        passed=serving_candidate["served"] == RL,
+        severity=AssetCheckSeverity.WARN,
+        description=serving_candidate["reason"],
+        metadata={"served": serving_candidate["served"],
+                  **{f"{c['metric']}_low": c["low"] for c in serving_candidate["valid_intervals"]},
+                  **{f"{c['metric']}_difference": c["difference"] for c in serving_candidate["valid_intervals"]}},
     )
 
 

@@ -1,5 +1,5 @@
-"""Serving: export the RL policy (the post-trained generator) into a Triton model repository version and deploy it
-atomically.
+"""Serving: export the serving candidate (the RL policy, or its SFT model when RL did not clear the gate) into a
+Triton model repository version and deploy it atomically.
 
 ``deployed_model`` publishes version N+1 of every model into the repository the server watches, loads it,
 checks that the served recommendations equal the in-process beam search for fixed smoke users, and rolls
@@ -38,23 +38,26 @@ SMOKE_USERS = 8
 SMOKE_BEAM, SMOKE_TOP_K = 20, 10
 
 
-# rl_policy is built only from a gated SFT model and is itself gated (rl_policy_no_regression)
-@asset(group_name=GROUP, kinds={"onnx", "triton"}, code_version="2")
+# serving_candidate is the RL policy or its SFT model (whichever the paired gate prefers), and the SFT model was
+# itself gated (sft_beats_baseline) before RL started from it
+@asset(group_name=GROUP, kinds={"onnx", "triton"}, code_version="3")
 def triton_model_repository(
-    context: AssetExecutionContext, rl_policy: dict, item_semantic_ids: pd.DataFrame, artifacts: ArtifactStoreResource
+    context: AssetExecutionContext, serving_candidate: dict, item_semantic_ids: pd.DataFrame,
+    artifacts: ArtifactStoreResource,
 ) -> dict:
-    """The RL policy exported to ONNX and rendered into a staged Triton repository version (not yet served)."""
+    """The serving candidate exported to ONNX and rendered into a staged Triton repository version (not yet served)."""
     sid_table = SemanticIdTable.from_frame(item_semantic_ids)
-    model = load_generator(rl_policy["checkpoint"])
+    model = load_generator(serving_candidate["checkpoint"])
     trie = SIDTrie.from_codes(sid_table.codes, sid_table.vocab_sizes)
     staged = artifacts.asset_dir("triton_model_repository") / "staged"
     shutil.rmtree(staged, ignore_errors=True)  # staging only: the served repository is never touched here
     paths = write_model_repository(staged, 1, model, trie, sid_table.item_ids, ServingConfig())
-    context.add_output_metadata({"staged": str(staged), "source_checkpoint": rl_policy["checkpoint"],
-                                 "algorithm": rl_policy.get("algorithm", ""),
+    context.add_output_metadata({"staged": str(staged), "source_checkpoint": serving_candidate["checkpoint"],
+                                 "served": serving_candidate["served"],
+                                 "algorithm": serving_candidate.get("algorithm", ""),
                                  "models": MetadataValue.json({k: str(v) for k, v in paths.items()})})
-    return {"staged": str(staged), "checkpoint": rl_policy["checkpoint"], "encoder": rl_policy["encoder"],
-            "generator_config": model.cfg.to_dict()}
+    return {"staged": str(staged), "checkpoint": serving_candidate["checkpoint"], "encoder": serving_candidate["encoder"],
+            "served": serving_candidate["served"], "generator_config": model.cfg.to_dict()}
 
 
 def load_exported(manifest: dict, item_semantic_ids: pd.DataFrame):

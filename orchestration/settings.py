@@ -243,12 +243,24 @@ class RewardModelSettings(_Section):
 
 
 class RewardMappingSettings(_Section):
-    """Unified reward: R = sum_k w[scenario, k] P_k (models/rl/reward_mapping.py); weights per scenario."""
+    """The RL reward (models/rl/verifiable.py): learned_weight * R_learned + verifiable_weight * R_verif, with
+    R_learned = sum_k w[scenario, k] P_k (models/rl/reward_mapping.py, weights per scenario) and R_verif = hit on
+    the logged next item + prefix_credit for a matching SID prefix - a rank-aware penalty for hard negatives."""
 
+    learned_weight: float = Field(1.0, ge=0)
+    verifiable_weight: float = Field(1.0, ge=0)
+    prefix_credit: float = Field(0.5, ge=0, lt=1)
+    rank_penalty: float = Field(0.5, ge=0)
     scenarios: dict[str, dict[ActionName, float]] = Field(default_factory=lambda: dict(DEFAULT_REWARD_WEIGHTS))
     default: dict[ActionName, float] = Field(default_factory=lambda: {"click": 1.0, "cart": 0.5, "order": 0.5})
     invalid_penalty: float = Field(1.0, ge=0)
     diversity_bonus: float = Field(0.0, ge=0)
+
+    @model_validator(mode="after")
+    def _some_reward(self):
+        if self.learned_weight == 0 and self.verifiable_weight == 0:
+            raise ValueError("rl.reward: learned_weight and verifiable_weight cannot both be 0")
+        return self
 
 
 class RLComparisonSettings(_Section):
@@ -276,7 +288,7 @@ class RLComparisonSettings(_Section):
 
 
 class RLSettings(_Section):
-    """SA-GCPO post-training of the SFT generator (models/rl): rl_policy and its blocking no-regression check."""
+    """SA-GCPO post-training of the SFT generator (models/rl): rl_policy, and serving_candidate's RL-or-SFT choice."""
 
     algorithm: Literal["grpo", "gspo", "sagcpo"] = "sagcpo"
     group_size: int = Field(8, ge=2)           # G items sampled per prompt
@@ -291,11 +303,12 @@ class RLSettings(_Section):
     max_grad_norm: float = Field(1.0, gt=0)
     kl_stop: float | None = Field(1.0, gt=0)   # stop (and report) when the post-update KL exceeds this
     temperature: float = Field(1.0, gt=0)      # sampling temperature (part of the policy)
+    group_sampling: Literal["sample", "beam"] = "sample"  # a group: G sampled items, or the beam search's top G
     synthetic_share: float = Field(0.2, ge=0, le=1)   # fraction of prompts that are counterfactual contexts
     max_examples: int = Field(20000, ge=1)     # train examples (sampled) for prompts and reward-model rows
-    eval_examples: int = Field(500, ge=1)      # validation examples for HR@10 / NDCG@10 and mean reward
-    hr10_tolerance: float = Field(0.01, ge=-1, le=1)  # blocking check: RL val HR@10 >= SFT val HR@10 - tolerance
-                                               # (negative: demand an improvement of at least -tolerance)
+    # serving_candidate: RL is served when the `gate` section's paired bootstrap of (RL - SFT) on every
+    # validation example has every lower bound >= -gate_margin; otherwise the SFT model is served
+    gate_margin: float = Field(0.0, ge=0)
     seed: int | None = None                    # None: the top-level seed
     reward_model: RewardModelSettings = RewardModelSettings()
     reward: RewardMappingSettings = RewardMappingSettings()

@@ -77,20 +77,31 @@ GENERATOR_KEYS = ("scenario", "profile", "instruction_emb", "has_instruction", "
 class GeneratorPolicyConfig:
     temperature: float = 1.0  # part of the policy: applied in both sample and log_probs
     rescore: bool = True  # sample returns log_probs' values (on-policy ratio exactly 1)
+    # how a group is drawn: "sample" = G items sampled level by level; "beam" = the G best distinct items of the
+    # trie-constrained beam search (the hard negatives a ranking is judged by; needs item_codes)
+    group: str = "sample"
 
     def __post_init__(self) -> None:
         if not self.temperature > 0:
             raise ValueError(f"GeneratorPolicyConfig.temperature must be > 0, got {self.temperature}")
+        if self.group not in ("sample", "beam"):
+            raise ValueError(f"GeneratorPolicyConfig.group must be 'sample' or 'beam', got {self.group!r}")
 
 
 class GeneratorPolicy(nn.Module):
     """``Policy`` (models/rl/trainer.py) over an :class:`OxygenGenerator` with trie-constrained decoding."""
 
-    def __init__(self, model: OxygenGenerator, trie: SIDTrie, config: GeneratorPolicyConfig = GeneratorPolicyConfig()):
+    def __init__(self, model: OxygenGenerator, trie: SIDTrie, config: GeneratorPolicyConfig = GeneratorPolicyConfig(),
+                 item_codes: torch.Tensor | None = None):
         super().__init__()
         if tuple(trie.vocab_sizes) != tuple(model.cfg.vocab_sizes):
             raise ValueError(f"trie vocab_sizes {trie.vocab_sizes} != generator vocab_sizes {model.cfg.vocab_sizes}")
+        if config.group == "beam":
+            if item_codes is None or tuple(item_codes.shape) != (trie.num_items, model.cfg.n_levels):
+                raise ValueError(f"beam groups need item_codes [{trie.num_items}, {model.cfg.n_levels}] (the SID "
+                                 f"table's codes), got {None if item_codes is None else tuple(item_codes.shape)}")
         self.model, self.trie, self.config = model, trie, config
+        self.item_codes = None if item_codes is None else torch.as_tensor(item_codes, dtype=torch.long)
         self.model.eval()
 
     def train(self, mode: bool = True) -> "GeneratorPolicy":
@@ -108,9 +119,13 @@ class GeneratorPolicy(nn.Module):
 
     @torch.no_grad()
     def sample(self, prompts: dict, group_size: int, generator: torch.Generator):
-        """tokens Long[B, G, L+1] (valid catalog items), logp Float[B, G, L+1], mask Float[B, G, L+1] (all ones)."""
+        """tokens Long[B, G, L+1] (valid catalog items), logp Float[B, G, L+1], mask Float[B, G, L+1] (all ones).
+
+        Each group is ordered by sequence log-prob, best first (a rank-aware reward reads the order)."""
         if group_size < 1:
             raise ValueError(f"group_size must be >= 1, got {group_size}")
+        if self.config.group == "beam":
+            return self._beam_group(prompts, group_size)
         memory, memory_mask = self.model.encode(prompts)
         b, dev = memory.shape[0], memory.device
         rows = b * group_size
@@ -128,7 +143,17 @@ class GeneratorPolicy(nn.Module):
         logp = torch.stack(logps, 1).view(b, group_size, -1)
         if self.config.rescore:  # log_probs' own computation on the same (deterministic) encoder output
             logp = self._score(memory, memory_mask, tokens)
-        return tokens, logp, torch.ones_like(logp)
+        return _best_first(tokens, logp)
+
+    def _beam_group(self, prompts: dict, group_size: int):
+        """The G best distinct items of the trie-constrained beam search, scored by log_probs, best first."""
+        from models.decoding.beam_search import constrained_beam_search
+
+        items, _ = constrained_beam_search(self.model, prompts, self.trie, group_size, group_size)
+        items = torch.where(items >= 0, items, items[:, :1])  # tiny catalogs: repeat the best item
+        tokens = self.item_codes[items.cpu()].to(items.device)
+        memory, memory_mask = self.model.encode(prompts)
+        return _best_first(tokens, self._score(memory, memory_mask, tokens))
 
     def _allowed_per_level(self, flat: torch.Tensor) -> list[torch.Tensor]:
         """Allowed-token masks of every level for the prefixes of ``flat`` Long[N, L+1]; ValueError on invalid SIDs."""
@@ -168,6 +193,14 @@ class GeneratorPolicy(nn.Module):
         return idx, idx >= 0
 
 
+def _best_first(tokens: torch.Tensor, logp: torch.Tensor):
+    """(tokens, logp, mask) with each group sorted by the policy's sequence log-prob, best first (stable)."""
+    order = logp.sum(-1).argsort(dim=1, descending=True, stable=True)
+    tokens = tokens.gather(1, order[..., None].expand_as(tokens))
+    logp = logp.gather(1, order[..., None].expand_as(logp))
+    return tokens, logp, torch.ones_like(logp)
+
+
 # ----------------------------------------------------------------------------------------------- prompts
 @dataclass(frozen=True)
 class PromptConfig:
@@ -188,13 +221,18 @@ class PromptConfig:
 class PromptSet:
     """Real user contexts (encoded examples) and the step sampler ``prompt_fn(step, generator) -> batch``.
 
-    A batch is the generator's input dict plus ``row`` Long[B] (source example) and ``synthetic`` Bool[B]."""
+    A batch is the generator's input dict plus ``row`` Long[B] (source example) and ``synthetic`` Bool[B], and
+    ``target_sids`` / ``has_target`` (the logged next item) when the encoded examples carry targets."""
 
     def __init__(self, encoded: Mapping[str, torch.Tensor], n_scenarios: int, config: PromptConfig = PromptConfig()):
         missing = [k for k in ("scenario", "instruction_emb", "has_instruction") if k not in encoded]
         if missing:
             raise ValueError(f"encoded examples are missing {missing}; pass ExampleEncoder.encode(frame)")
         self.tensors = {k: encoded[k] for k in GENERATOR_KEYS if k in encoded}
+        if "target_sids" in encoded:  # the logged next item of each prompt (for the verifiable reward)
+            self.tensors["target_sids"] = encoded["target_sids"]
+            self.tensors["has_target"] = (encoded["target_item"] >= 0 if "target_item" in encoded
+                                          else torch.ones(len(encoded["target_sids"]), dtype=torch.bool))
         self.n = int(self.tensors["scenario"].shape[0])
         if self.n == 0:
             raise ValueError("no prompts: the encoded example set is empty")

@@ -22,7 +22,7 @@ SMALL_WORLD = dict(n_items=240, n_users=150, n_days=30, seed=3, start_date="2026
 # a few seconds of SFT and of RL post-training on the small world
 TINY_SFT = {"d_model": 32, "n_heads": 2, "enc_layers": 1, "dec_layers": 1, "max_epochs": 1, "batch_size": 64,
             "limit_train_batches": 4, "limit_val_batches": 2, "beam_width": 10, "warmup_steps": 2, "igr_top_k": 5}
-TINY_RL = {"steps": 12, "lr": 1e-4, "prompts_per_step": 16, "group_size": 8, "max_examples": 3000, "eval_examples": 150,
+TINY_RL = {"steps": 12, "lr": 1e-4, "prompts_per_step": 16, "group_size": 8, "max_examples": 3000,
            "reward_model": {"epochs": 2}}
 
 

@@ -160,7 +160,7 @@ def test_high_value_action_updates_only_affected_users_online(pipeline, tmp_path
 
 SFT = {**TINY_SFT, "sasrec": {"hidden": 16, "max_len": 10, "max_epochs": 2, "patience": 1},
        "gate_margin": 1.0}  # a 4-batch model is not expected to beat popularity; the gate test sets 0
-RL = {**TINY_RL, "hr10_tolerance": 1.0}  # the RL gate's refusals are tested in test_rl_pipeline.py
+RL = TINY_RL  # serving_candidate's choice is tested in test_rl_pipeline.py
 
 
 @pytest.fixture(scope="module")

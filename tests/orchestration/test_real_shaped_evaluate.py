@@ -35,7 +35,7 @@ def evaluated(tmp_path_factory):
     config = small_params(base / "params",
                           sft={**TINY_SFT, "sasrec": {"hidden": 16, "max_len": 10, "max_epochs": 3, "patience": 1},
                                "gate_margin": 1.0},  # gate refusals are tested elsewhere
-                          rl={**TINY_RL, "hr10_tolerance": 1.0})
+                          rl=TINY_RL)
     production_home = base / "production_dagster_home"
     production_home.mkdir()
     home = base / "evaluation"
