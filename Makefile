@@ -24,7 +24,7 @@ help:
 # (Re)install when the pins change. The lock file pins every transitive package; pyproject pins the direct ones.
 $(STAMP): pyproject.toml requirements.lock
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install --quiet --disable-pip-version-check -c requirements.lock -e .
+	$(PY) -m pip install --quiet --disable-pip-version-check -c requirements.lock -e '.[test]'
 	touch $@
 
 venv: $(STAMP)

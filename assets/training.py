@@ -27,6 +27,7 @@ from models.eval.generative import evaluate_splits  # noqa: E402
 from models.eval.split import encode_ids, leave_last_out  # noqa: E402
 from models.lightning.ablations import run_ablations, summary_table  # noqa: E402
 from models.lightning.generator_data import ExampleEncoder  # noqa: E402
+from models.lightning.progress import EpochProgress  # noqa: E402
 from models.lightning.sasrec_module import load_sasrec, save_sasrec, train_sasrec  # noqa: E402
 from models.lightning.train import SFTConfig, load_generator, train_generator  # noqa: E402
 from models.nn.config import GeneratorConfig  # noqa: E402
@@ -107,7 +108,8 @@ def sft_model(
     sid_table = SemanticIdTable.from_frame(item_semantic_ids)
     generator, sft = configs(params)
     out_dir = artifacts.asset_dir("sft_model") / "runs" / run_key(training_examples, sid_table, generator, sft)
-    result = train_generator(training_examples, sid_table, SCENARIOS, generator, sft, out_dir)
+    result = train_generator(training_examples, sid_table, SCENARIOS, generator, sft, out_dir,
+                             callbacks=[EpochProgress(context.log.info, "sft")])
     last = result.history[-1] if result.history else {}
     context.add_output_metadata(
         {

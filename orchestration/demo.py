@@ -118,6 +118,28 @@ def run_with_local_triton(instance: DagsterInstance, users_per_scenario: int = 1
         server.stop()
 
 
+def stage_seconds(instance: DagsterInstance, results) -> dict[str, float]:
+    """Wall seconds of every step of the runs (step key -> seconds), in execution order."""
+    out = {}
+    for result in results:
+        stats = sorted(instance.get_run_step_stats(result.run_id), key=lambda s: s.start_time or 0)
+        for s in stats:
+            if s.start_time and s.end_time:
+                out[s.step_key] = round(s.end_time - s.start_time, 1)
+    return out
+
+
+def print_stage_times(instance: DagsterInstance, results, extra: dict[str, float] | None = None) -> None:
+    """The time per stage (Dagster step) of the runs, longest first, plus ``extra`` (e.g. server start)."""
+    times = {**stage_seconds(instance, results), **(extra or {})}
+    if not times:
+        return
+    width = max(len(k) for k in times)
+    print(f"\ntime per stage ({sum(times.values()):.0f} s in steps):")
+    for name, seconds in sorted(times.items(), key=lambda kv: -kv[1]):
+        print(f"  {name:<{width}}  {seconds:8.1f} s")
+
+
 def print_summary(results) -> None:
     settings = current_settings()
     print(f"\nOxygenREC pipeline: source={settings.data.source}, scenarios={', '.join(SCENARIOS)}")
@@ -156,7 +178,9 @@ def main(argv: list[str] | None = None) -> int:
     # should show the pipeline, not those notices.
     warnings.filterwarnings("ignore", message=".*(currently in beta|currently in preview).*")
     start = time.perf_counter()
-    results = run_with_local_triton(DagsterInstance.get())
+    instance = DagsterInstance.get()
+    results = run_with_local_triton(instance)
+    print_stage_times(instance, results)
     ok = all(r.success for r in results) and len(results) == 3
     print(f"\n{len(results)} runs {'succeeded' if ok else 'FAILED'} in {time.perf_counter() - start:.1f} s")
     print("browse them: make ui  ->  http://127.0.0.1:3000")

@@ -34,7 +34,7 @@ from dagster import DagsterInstance
 
 from models.eval.cases import compare, summary_table
 
-from .demo import print_summary, run_pipeline
+from .demo import print_stage_times, print_summary, run_pipeline, stage_seconds
 from .settings import Settings, current_settings
 
 STAGES = ("ingest", "daily_instructions", "refresh_features", "train_sft")
@@ -68,17 +68,6 @@ def materialized_here(results, asset: str) -> dict | None:
             if event.asset_key.to_user_string() == asset:
                 return {k: v.value for k, v in event.materialization.metadata.items()}
     return None
-
-
-def stage_seconds(instance: DagsterInstance, results) -> dict[str, float]:
-    """Wall seconds of every step of the runs (step key -> seconds), in execution order."""
-    out = {}
-    for result in results:
-        stats = sorted(instance.get_run_step_stats(result.run_id), key=lambda s: s.start_time or 0)
-        for s in stats:
-            if s.start_time and s.end_time:
-                out[s.step_key] = round(s.end_time - s.start_time, 1)
-    return out
 
 
 def config_hash(settings: Settings) -> str:
@@ -137,6 +126,7 @@ def main(argv: list[str] | None = None) -> int:
     instance = evaluation_instance(settings)
     results = run_pipeline(instance=instance, raise_on_error=False, stages=STAGES)
     print_summary(results)
+    print_stage_times(instance, results)
     if materialized_here(results, "sft_evaluation") is None:
         print(f"\nevaluation FAILED: this run did not build sft_evaluation ({len(results)} runs); see the errors "
               "above. No metrics were written.", file=sys.stderr)

@@ -199,7 +199,8 @@ def test_the_gate_refuses_an_untrained_model_and_nothing_downstream_runs(trained
     # one optimizer step: far below popularity on validation HR@10 (the gate's default baseline)
     untrained = {**SFT, "limit_train_batches": 1, "lr": 1e-6, "warmup_steps": 0, "gate_margin": 0.0}
     defs = build_definitions(resources=make_resources(root, None, sft=untrained))
-    selection = [AssetKey(k) for k in ("sft_model", "sft_evaluation", "rl_policy", "triton_model_repository")]
+    selection = [AssetKey(k) for k in ("sft_model", "sft_evaluation", "rl_policy", "serving_candidate",
+                                       "triton_model_repository")]
     with DagsterInstance.ephemeral() as instance:
         result = defs.resolve_implicit_global_asset_job_def().execute_in_process(
             instance=instance, asset_selection=selection, raise_on_error=False)
@@ -209,7 +210,7 @@ def test_the_gate_refuses_an_untrained_model_and_nothing_downstream_runs(trained
     assert gate.metadata["model_valid_hr@10"].value < gate.metadata["baseline_valid_hr@10"].value
     assert gate.metadata["baseline"].value == "popularity" and "lower bound" in gate.description
     built = {e.asset_key.to_user_string() for e in result.get_asset_materialization_events()}
-    assert "sft_evaluation" in built and not {"rl_policy", "triton_model_repository"} & built
+    assert "sft_evaluation" in built and not {"rl_policy", "serving_candidate", "triton_model_repository"} & built
 
 
 def check_client_path(root, server):

@@ -218,7 +218,7 @@ def test_daily_jobs_cover_the_graph_and_leave_analysis_off():
     analysis = {"semantic_id_comparison", "sft_ablations", "rl_comparison"}
     assert not (analysis | {"reasoning_instructions"}) & daily
     training_to_serving = {"sft_model", "sasrec_baseline", "sft_evaluation", "reward_model", "rl_policy",
-                           "triton_model_repository", "deployed_model"}
+                           "serving_candidate", "triton_model_repository", "deployed_model"}
     assert {"training_examples", "online_features", *CORE} | training_to_serving <= daily
     assert features == daily - training_to_serving
     instructions = defs.resolve_job_def("daily_instructions")
