@@ -442,7 +442,12 @@ def _batch_collate(batch):
 
 
 class EpochShuffleSampler(Sampler[int]):
-    """Permutation of ``range(n)`` seeded by ``(seed, epoch)``; Lightning calls ``set_epoch`` every epoch."""
+    """Permutation of ``range(n)`` seeded by ``(seed, epoch)``; Lightning calls ``set_epoch`` every epoch.
+
+    Distributed (``torch.distributed`` initialised, W processes): rank r takes positions r, r + W, r + 2W, ... of
+    the same permutation (padded by wrapping around to a multiple of W), so with a per-process batch b the W
+    batches of one step are exactly the single-process batch of size W * b: DDP sees the same global batches.
+    The Trainer must then leave the sampler alone (``use_distributed_sampler=False``)."""
 
     def __init__(self, n: int, seed: int = 0) -> None:
         self.n, self.seed, self.epoch = int(n), int(seed), 0
@@ -450,11 +455,23 @@ class EpochShuffleSampler(Sampler[int]):
     def set_epoch(self, epoch: int) -> None:
         self.epoch = int(epoch)
 
+    @staticmethod
+    def _world() -> tuple[int, int]:
+        dist = torch.distributed
+        if dist.is_available() and dist.is_initialized():
+            return dist.get_world_size(), dist.get_rank()
+        return 1, 0
+
     def __iter__(self):
-        return iter(np.random.default_rng([self.seed, self.epoch]).permutation(self.n).tolist())
+        order = np.random.default_rng([self.seed, self.epoch]).permutation(self.n)
+        world, rank = self._world()
+        if world > 1:
+            order = np.resize(order, len(self) * world)[rank::world]  # wrap around so every rank has len(self)
+        return iter(order.tolist())
 
     def __len__(self) -> int:
-        return self.n
+        world, _ = self._world()
+        return -(-self.n // world)
 
 
 class GeneratorDataModule(L.LightningDataModule):

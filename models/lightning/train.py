@@ -245,6 +245,7 @@ def train_generator(
         check_val_every_n_epoch=cfg.val_every_n_epochs,
         gradient_clip_val=cfg.gradient_clip_val,
         log_every_n_steps=1,  # epoch-level metrics; silences the "fewer batches than log interval" warning
+        use_distributed_sampler=False,  # EpochShuffleSampler shards itself: DDP keeps the single-process batches
     )
     t0 = time.perf_counter()
     try:
