@@ -11,7 +11,7 @@ Feature views (source = ``<source_dir>/<view>.parquet``, timestamp ``event_times
 
     user_profile           [user]            ttl none      profile columns (String) + profile_fields
     user_short_term        [user, scenario]  ttl none *    short_item_ids, short_sids, short_actions, short_len
-    user_long_term         [user]            ttl none *    long_item_ids, long_len
+    user_long_term         [user]            ttl none *    long_item_ids, long_scenarios, long_len
     item_features          [item]            ttl none      sid_codes, category, price, popularity_count, popularity_log
     scenario_instruction   [scenario]        ttl none      scenario_text, scenario_embedding (384 x Float32)
     reasoning_instruction  [user]            ttl 30 d *    instruction_text, instruction_embedding (384 x Float32),

@@ -160,9 +160,15 @@ def baseline_ranked(
     for name, (model, encoder) in (sasrec_models or {}).items():
         if encoder is None:
             raise ValueError(f"{name} needs the IdEncoder it was trained with")
-        hist = [h[h > 0] for h in (encoder.encode(h, unknown="pad") for h in raw)]
-        if getattr(model.config, "n_scenarios", 0):  # scenario-aware: the request's scenario enters the input
-            out = model.recommend(hist, k, batch_size=batch_size, scenarios=scen)
+        codes = [encoder.encode(h, unknown="pad") for h in raw]
+        keeps = [c > 0 for c in codes]  # items the model does not know are dropped (with their scenarios)
+        hist = [c[keep] for c, keep in zip(codes, keeps)]
+        if getattr(model.config, "scenario_aware", False):  # the request's and the history's scenarios enter
+            if "long_scenarios" not in test_frame.columns:
+                raise ValueError("a scenario-aware SASRec reads test_frame.long_scenarios (one per history item)")
+            hist_scen = [np.asarray([] if h is None else h, dtype=object).astype(str)[keep]
+                         for h, keep in zip(test_frame["long_scenarios"], keeps)]
+            out = model.recommend(hist, k, batch_size=batch_size, scenarios=scen, history_scenarios=hist_scen)
         else:
             out = model.recommend(hist, k, batch_size=batch_size)
         out = out.cpu().numpy()

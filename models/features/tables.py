@@ -18,7 +18,8 @@ Behaviour tables (one row per interaction = the state *after* that interaction, 
   ``L+1`` codes of each item flattened item by item: ``[i_1 c_0..c_L, i_2 c_0..c_L, ...]``, length
   ``len * (L+1)``), ``short_actions`` (Array(String)), ``short_len``;
 - long term, keyed by ``user_id``: the last ``M`` items over all scenarios, oldest first
-  (``long_item_ids``, ``long_len``): the candidate set of instruction-guided retrieval.
+  (``long_item_ids``, the scenario of each, ``long_scenarios``, ``long_len``): the candidate set of
+  instruction-guided retrieval and the history of the (scenario-aware) SASRec baselines.
 
 The windows are built without Python loops: with rows sorted by group, row ``i`` whose group starts at row
 ``g_i`` owns ``[max(g_i, i - N + 1), i]``; the flat index of all windows is
@@ -95,7 +96,7 @@ FEATURES: dict[str, dict[str, pa.DataType]] = {
     "user_profile": {"profile_fields": pa.list_(_STR)},
     "user_short_term": {"short_item_ids": pa.list_(_STR), "short_sids": pa.list_(_I64),
                         "short_actions": pa.list_(_STR), "short_len": _I64},
-    "user_long_term": {"long_item_ids": pa.list_(_STR), "long_len": _I64},
+    "user_long_term": {"long_item_ids": pa.list_(_STR), "long_scenarios": pa.list_(_STR), "long_len": _I64},
     "item_features": {"sid_codes": pa.list_(_I64), "category": _STR, "price": _F64,
                       "popularity_count": _I64, "popularity_log": _F64},
     "scenario_instruction": {"scenario_text": _STR, "scenario_embedding": pa.list_(_F32)},
@@ -217,6 +218,8 @@ class _Log:
         self.item_dict = pa.array(np.asarray(names, dtype=object), pa.string())
         self.action_code, names = pd.factorize(self.actions.astype(str))
         self.action_dict = pa.array(np.asarray(names, dtype=object), pa.string())
+        self.scenario_code, names = pd.factorize(self.scenarios)
+        self.scenario_dict = pa.array(np.asarray(names, dtype=object), pa.string())
 
     def __len__(self) -> int:
         return len(self.items)
@@ -327,6 +330,7 @@ def long_term_table(log: pd.DataFrame, n_long: int = 100) -> pd.DataFrame:
     offsets, idx = _windows(lg.user_start, n_long)
     frame = pd.DataFrame({"user_id": lg.users})
     frame["long_item_ids"] = _list_column(_take(lg.item_dict, lg.item_code[idx]), offsets)
+    frame["long_scenarios"] = _list_column(_take(lg.scenario_dict, lg.scenario_code[idx]), offsets)
     frame["long_len"] = np.diff(offsets)
     return _stamp(frame, lg.micros)
 

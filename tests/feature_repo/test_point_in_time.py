@@ -117,6 +117,7 @@ def test_history_400_days_old_is_not_dropped(joined):
     h = joined[("u1", 7)]  # H comes 400 days after the user's previous event; it is u1's test example
     assert h.item_id == "H" and h.split == "test"
     assert _items(h.long_item_ids) == ["A", "B", "C", "D", "E", "A", "F"] and h.long_len == 7
+    assert _items(h.long_scenarios) == ["home", "home", "home", "cart", "home", "home", "home"]
     assert _items(h.short_item_ids) == ["D"]  # the user's last cart-scenario event, 440 days earlier
 
 

@@ -13,7 +13,7 @@ from tests.feature_repo.conftest import check_online_round_trip, check_push_upda
 VIEWS = {
     "user_profile": {"age_band", "region", "price_sensitivity", "profile_fields"},
     "user_short_term": {"short_item_ids", "short_sids", "short_actions", "short_len"},
-    "user_long_term": {"long_item_ids", "long_len"},
+    "user_long_term": {"long_item_ids", "long_scenarios", "long_len"},
     "item_features": {"sid_codes", "category", "price", "popularity_count", "popularity_log"},
     "scenario_instruction": {"scenario_text", "scenario_embedding"},
     "reasoning_instruction": {"instruction_text", "instruction_embedding", "generator_version", "generated_at"},
