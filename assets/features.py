@@ -14,18 +14,10 @@ import pandas as pd
 import pyarrow.parquet as pq
 from dagster import AssetExecutionContext, AssetIn, BackfillPolicy, Config, MetadataValue, asset
 
-from models.features import (
-    instruction_coverage,
-    item_features_table,
-    long_term_table,
-    reasoning_instruction_table,
-    scenario_instruction_table,
-    short_term_table,
-    training_entities,
-    user_profile_table,
-)
+from models.data.loaders import load_event_files
 from models.eval.split import training_events
-from models.reasoning import RuleBasedReasoner
+from models.features import instruction_coverage, source_tables, training_entities
+from models.reasoning import HIDDEN_USER_COLUMNS, make_reasoner
 from models.reasoning.refresh import refresh_after_activity, refresh_instructions
 from orchestration.params import ParamsResource
 from orchestration.partitions import SCENARIOS, instruction_day_partitions
@@ -35,23 +27,9 @@ from orchestration.settings import DEFAULT_SCENARIO_TEXTS, Settings
 from ._metadata import md
 
 GROUP = "features"
-# Observable profile columns only: the synthetic world also stores its hidden ground truth per user
-# (life_event, top_interests, ...), which no feature may see.
-HIDDEN_PROFILE_COLUMNS = {"life_event", "life_event_day", "top_interests"}
-
-
-def make_reasoner(settings: Settings, artifacts: ArtifactStoreResource):
-    section = settings.features
-    if section.reasoner == "openai":
-        from models.reasoning import OpenAICompatibleReasoner
-
-        return OpenAICompatibleReasoner(
-            base_url=section.llm_base_url,
-            model=section.llm_model,
-            cache_dir=str(artifacts.asset_dir("cache") / "llm"),
-            fallback=RuleBasedReasoner(),
-        )
-    return RuleBasedReasoner()
+def reasoner_of(settings: Settings, artifacts: ArtifactStoreResource):
+    f = settings.features
+    return make_reasoner(f.reasoner, f.llm_base_url, f.llm_model, str(artifacts.asset_dir("cache") / "llm"))
 
 
 DAY = 86_400
@@ -95,7 +73,7 @@ def reasoning_instructions(
     during day D, one per user and activity window (``features.incremental_window_minutes``) that ended in D,
     each built from everything the user did before it (point-in-time) and embedded with MiniLM."""
     settings = params.settings
-    reasoner = make_reasoner(settings, artifacts)
+    reasoner = reasoner_of(settings, artifacts)
     cache = text_embedder.cache()
     keys = context.partition_keys
     start = time.perf_counter()
@@ -145,27 +123,20 @@ def feature_sources(
 ) -> dict:
     """Feast source tables (point-in-time stamped) written to the offline store."""
     section = params.settings.features
-    profile_columns = [c for c in raw_users.columns if c != "user_id" and c not in HIDDEN_PROFILE_COLUMNS]
-    instructions = [f for f in reasoning_instructions.values() if len(f)]
-    tables = {
-        "user_profile": user_profile_table(raw_users, columns=profile_columns),
-        "user_short_term": short_term_table(interaction_log, item_semantic_ids, n_short=section.n_short),
-        "user_long_term": long_term_table(interaction_log, n_long=section.n_long),
-        "item_features": item_features_table(raw_items, item_semantic_ids, training_events(interaction_log)),
-        "scenario_instruction": scenario_instruction_table(
-            dict(zip(scenario_instructions["scenario"], scenario_instructions["scenario_text"])),
-            np.stack(scenario_instructions["scenario_embedding"].to_numpy()),
-        ),
-        "reasoning_instruction": reasoning_instruction_table(
-            pd.concat(instructions, ignore_index=True) if instructions else
-            pd.DataFrame(columns=["user_id", "instruction_text", "instruction_embedding", "generated_at"])
-        ),
-    }
+    # observable profile columns only: the synthetic world also stores its hidden ground truth per user
+    profile_columns = [c for c in raw_users.columns if c != "user_id" and c not in HIDDEN_USER_COLUMNS]
+    tables = source_tables(
+        interaction_log, raw_users, raw_items, item_semantic_ids,
+        dict(zip(scenario_instructions["scenario"], scenario_instructions["scenario_text"])),
+        np.stack(scenario_instructions["scenario_embedding"].to_numpy()), list(reasoning_instructions.values()),
+        n_short=section.n_short, n_long=section.n_long, profile_columns=profile_columns,
+        popularity_log=training_events(interaction_log),  # popularity counted without held-out events
+    )
     paths = feature_store.store().write_sources(tables)
     rows = {name: len(frame) for name, frame in tables.items()}
     context.add_output_metadata(
         {"rows": MetadataValue.json(rows), "profile_columns": MetadataValue.json(profile_columns),
-         "instruction_days": len(instructions)}
+         "instruction_days": sum(len(f) > 0 for f in reasoning_instructions.values())}
     )
     return {"paths": {k: str(v) for k, v in paths.items()}, "rows": rows}
 
@@ -240,24 +211,6 @@ class InstructionUpdateConfig(Config):
     event_files: list[str] = []
 
 
-def read_event_files(paths: list[str]) -> pd.DataFrame:
-    """New interaction events landed by the application (JSON lines in the standard interaction schema)."""
-    from models.data.loaders import to_str_ids, to_unix_seconds
-
-    frames = [pd.read_json(p, lines=True, dtype=False) for p in paths if p]
-    if not frames:
-        return pd.DataFrame()
-    events = pd.concat(frames, ignore_index=True)
-    missing = [c for c in ("user_id", "item_id", "timestamp", "scenario", "action") if c not in events.columns]
-    if missing:
-        raise ValueError(f"event files {paths}: missing column(s) {missing}")
-    for column in ("user_id", "item_id"):
-        events[column] = to_str_ids(events[column])
-    events["timestamp"] = to_unix_seconds(events["timestamp"], file=",".join(paths), column="timestamp")
-    events["query"] = events.get("query", "").fillna("") if "query" in events else ""
-    return events
-
-
 @asset(group_name=GROUP, deps=["online_features"], kinds={"feast"}, code_version="1")
 def instruction_updates(
     context: AssetExecutionContext,
@@ -273,11 +226,11 @@ def instruction_updates(
     """Near-line update: regenerate the instructions of just the users with fresh cart/order actions (the
     log plus the newly landed events, as of now) and push them to the online store."""
     settings = params.settings
-    events = read_event_files(config.event_files)
+    events = load_event_files(config.event_files)
     log = pd.concat([interaction_log, events], ignore_index=True) if len(events) else interaction_log
     now = int(time.time())
     frame = refresh_instructions(
-        log, raw_items, raw_users, now + 1, make_reasoner(settings, artifacts), text_embedder.encoder,
+        log, raw_items, raw_users, now + 1, reasoner_of(settings, artifacts), text_embedder.encoder,
         cache=text_embedder.cache(), user_ids=config.user_ids,
         window_days=settings.features.instruction_window_days, embedding=settings.features.instruction_embedding,
     )

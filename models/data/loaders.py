@@ -305,3 +305,20 @@ def unify_interactions(partitions: Iterable[pd.DataFrame], min_interactions: int
     counts = log.groupby("user_id")["item_id"].transform("size")
     dropped = int(log.loc[counts < min_interactions, "user_id"].nunique())
     return log[counts >= min_interactions].reset_index(drop=True), dropped
+
+
+def load_event_files(paths: Sequence[str | Path]) -> pd.DataFrame:
+    """New interaction events landed by the application: JSON lines in the standard interaction schema (with
+    ``action``); ids as strings, timestamps as Unix seconds, ``query`` "" when absent. Empty for no paths."""
+    frames = [pd.read_json(p, lines=True, dtype=False) for p in paths if p]
+    if not frames:
+        return pd.DataFrame()
+    events = pd.concat(frames, ignore_index=True)
+    missing = [c for c in ("user_id", "item_id", "timestamp", "scenario", "action") if c not in events.columns]
+    if missing:
+        raise DataSourceError(f"missing column(s) {missing}", file=",".join(map(str, paths)), column=missing[0])
+    for column in ("user_id", "item_id"):
+        events[column] = to_str_ids(events[column])
+    events["timestamp"] = to_unix_seconds(events["timestamp"], file=",".join(map(str, paths)), column="timestamp")
+    events["query"] = events["query"].fillna("") if "query" in events else ""
+    return events

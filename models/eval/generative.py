@@ -37,7 +37,7 @@ import torch
 
 from models.decoding.beam_search import constrained_beam_search
 from models.eval.metrics import DEFAULT_KS, per_case_metrics, per_group_metrics, target_ranks
-from models.eval.split import IdEncoder, encode_ids
+from models.eval.split import IdEncoder
 from models.nn.popularity import MostPopular
 from models.semantic_ids.codebook import SemanticIdTable
 from models.semantic_ids.trie import SIDTrie

@@ -14,6 +14,7 @@ from models.features.tables import (
     reasoning_instruction_table,
     scenario_instruction_table,
     short_term_table,
+    source_tables,
     training_entities,
     user_profile_table,
 )
@@ -32,6 +33,7 @@ __all__ = [
     "reasoning_instruction_table",
     "scenario_instruction_table",
     "short_term_table",
+    "source_tables",
     "training_entities",
     "user_profile_table",
 ]

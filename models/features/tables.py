@@ -68,6 +68,7 @@ __all__ = [
     "reasoning_instruction_table",
     "training_entities",
     "instruction_coverage",
+    "source_tables",
 ]
 
 EPOCH = pd.Timestamp(0, unit="s", tz="UTC").as_unit("us")
@@ -508,3 +509,34 @@ def instruction_coverage(frame: pd.DataFrame) -> dict[str, float]:
                - frame["generated_at"].to_numpy(dtype=np.float64, na_value=np.nan)[has]) / DAY
         out["median_age_days"] = float(np.nanmedian(age))
     return out
+
+
+def source_tables(
+    interaction_log: pd.DataFrame,
+    users: pd.DataFrame,
+    items: pd.DataFrame,
+    item_sids: pd.DataFrame,
+    scenario_texts: Mapping[str, str],
+    scenario_embeddings,
+    instructions: Sequence[pd.DataFrame],
+    *,
+    n_short: int,
+    n_long: int,
+    profile_columns: Sequence[str],
+    popularity_log: pd.DataFrame | None = None,
+) -> dict[str, pd.DataFrame]:
+    """Every Feast source table (:data:`TABLES`) from the pipeline's frames. ``popularity_log`` (default: the
+    interaction log) is what item popularity is counted on: pass the training events to keep held-out events
+    out of every fitted statistic."""
+    parts = [f for f in instructions if len(f)]
+    made = pd.concat(parts, ignore_index=True) if parts else pd.DataFrame(
+        columns=["user_id", "instruction_text", "instruction_embedding", "generated_at"])
+    return {
+        "user_profile": user_profile_table(users, columns=profile_columns),
+        "user_short_term": short_term_table(interaction_log, item_sids, n_short=n_short),
+        "user_long_term": long_term_table(interaction_log, n_long=n_long),
+        "item_features": item_features_table(items, item_sids, interaction_log if popularity_log is None
+                                             else popularity_log),
+        "scenario_instruction": scenario_instruction_table(scenario_texts, scenario_embeddings),
+        "reasoning_instruction": reasoning_instruction_table(made),
+    }

@@ -21,7 +21,20 @@ from .embed import embed_instructions
 from .openai_compat import LLMResult, LLMStats, OpenAICompatibleReasoner
 from .rules import DEFAULT_INSTRUCTION, LIFE_EVENT_LABELS, Instruction, Intent, RuleBasedReasoner, RulesConfig
 
+def make_reasoner(kind: str = "rules", llm_base_url: str | None = None, llm_model: str | None = None,
+                  cache_dir: str | None = None):
+    """The configured reasoner: ``rules`` (offline, deterministic) or ``openai`` (an OpenAI-compatible endpoint,
+    falling back to the rules for any user the endpoint cannot answer)."""
+    if kind == "rules":
+        return RuleBasedReasoner()
+    if kind == "openai":
+        return OpenAICompatibleReasoner(base_url=llm_base_url, model=llm_model, cache_dir=cache_dir,
+                                        fallback=RuleBasedReasoner())
+    raise ValueError(f"reasoner must be 'rules' or 'openai', got {kind!r}")
+
+
 __all__ = [
+    "make_reasoner",
     "GENERIC_CALENDAR",
     "HIDDEN_USER_COLUMNS",
     "CalendarEntry",
