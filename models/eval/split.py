@@ -93,6 +93,8 @@ class EvalCases:
     histories: list[np.ndarray]  # B arrays of items (same id space as the split's item column)
     targets: np.ndarray  # [B] held-out item
     scenarios: np.ndarray  # [B] scenario of the held-out interaction (or None if no scenario column)
+    # B arrays: the scenario of every history event (aligned with ``histories``); None without a scenario column
+    history_scenarios: list[np.ndarray] | None = None
 
     def __len__(self) -> int:
         return len(self.targets)
@@ -103,7 +105,8 @@ class LeaveLastOutSplit:
     """Result of :func:`leave_last_out`.
 
     ``train`` / ``valid`` / ``test`` keep the input columns and the input index (sorted by user, then
-    time); ``sequences`` maps each user to the item array of their train interactions (chronological).
+    time); ``sequences`` maps each user to the item array of their train interactions (chronological),
+    ``scenario_sequences`` (None without a scenario column) to the scenarios of the same interactions.
     """
 
     train: pd.DataFrame
@@ -113,6 +116,7 @@ class LeaveLastOutSplit:
     user_col: str = "user_id"
     item_col: str = "item_id"
     scenario_col: str | None = "scenario"
+    scenario_sequences: dict | None = None  # user -> np.ndarray of the train interactions' scenarios
 
     @property
     def items(self) -> np.ndarray:
@@ -127,15 +131,17 @@ class LeaveLastOutSplit:
         frame = self.valid if stage == "valid" else self.test
         users = frame[self.user_col].to_numpy()
         histories = [self.sequences[u] for u in users]
+        has_scenarios = self.scenario_col is not None and self.scenario_col in frame
+        hist_scen = [self.scenario_sequences[u] for u in users] if has_scenarios and self.scenario_sequences else None
         if stage == "test":
             valid_item = dict(zip(self.valid[self.user_col], self.valid[self.item_col]))
             histories = [np.append(h, np.asarray([valid_item[u]], dtype=h.dtype)) for h, u in zip(histories, users)]
-        scen = (
-            frame[self.scenario_col].to_numpy()
-            if self.scenario_col is not None and self.scenario_col in frame
-            else np.full(len(frame), None, dtype=object)
-        )
-        return EvalCases(users=users, histories=histories, targets=frame[self.item_col].to_numpy(), scenarios=scen)
+            if hist_scen is not None:
+                valid_scen = dict(zip(self.valid[self.user_col], self.valid[self.scenario_col]))
+                hist_scen = [np.append(h, np.asarray([valid_scen[u]], dtype=h.dtype)) for h, u in zip(hist_scen, users)]
+        scen = frame[self.scenario_col].to_numpy() if has_scenarios else np.full(len(frame), None, dtype=object)
+        return EvalCases(users=users, histories=histories, targets=frame[self.item_col].to_numpy(), scenarios=scen,
+                         history_scenarios=hist_scen)
 
 
 def leave_last_out(
@@ -172,6 +178,9 @@ def leave_last_out(
     train = df[~(is_test | is_valid)]
     # groupby on the sorted frame keeps the chronological order inside each group
     sequences = {u: g.to_numpy() for u, g in train.groupby(user_col, sort=False)[item_col]}
+    scenario_sequences = (
+        {u: g.to_numpy() for u, g in train.groupby(user_col, sort=False)[scenario_col]} if scenario_col else None
+    )
     return LeaveLastOutSplit(
         train=train,
         valid=df[is_valid],
@@ -180,6 +189,7 @@ def leave_last_out(
         user_col=user_col,
         item_col=item_col,
         scenario_col=scenario_col,
+        scenario_sequences=scenario_sequences,
     )
 
 

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from models.eval.metrics import ranking_metrics
-from models.eval.split import leave_last_out
+from models.eval.split import encode_ids, leave_last_out
 from models.lightning.sasrec_module import SASRecModule, train_sasrec
 from models.lightning.sequence_data import SequenceDataModule, train_tensors, train_windows
 from models.nn.sasrec import SASRec, SASRecConfig, left_pad
@@ -52,14 +52,40 @@ def test_left_pad_keeps_last_items():
     assert out.tolist() == [[2, 3, 4], [0, 0, 7]]
 
 
-def test_train_windows():
+def test_train_windows_train_every_target_once():
     s = np.arange(1, 8)  # 7 items
-    assert [w.tolist() for w in train_windows([s, np.array([9])], 3, None)] == [[4, 5, 6, 7]]
-    windows = [w.tolist() for w in train_windows([s], 3, 2)]
-    assert windows == [[4, 5, 6, 7], [2, 3, 4, 5], [1, 2, 3]]  # last 4 items of the prefixes of 7, 5, 3 items
+    inputs, targets, nxt = train_windows([s, np.array([9])], 3, None)
+    assert inputs.tolist() == [[4, 5, 6]] and targets.tolist() == [[5, 6, 7]] and nxt is None  # last window only
+    inputs, targets, nxt = train_windows([s], 3, 2, values=[s * 10])
+    # windows of the last 4 items ending at 7, 5, 3 items; all but the earliest keep only their last 2 targets
+    assert inputs.tolist() == [[4, 5, 6], [2, 3, 4], [0, 1, 2]]
+    assert targets.tolist() == [[0, 6, 7], [0, 4, 5], [0, 2, 3]]
+    assert nxt.tolist() == [[50, 60, 70], [30, 40, 50], [0, 20, 30]]  # the next event's value, 0 on padding
     t = train_tensors([s], 3, 2)
-    assert t["inputs"].tolist() == [[4, 5, 6], [2, 3, 4], [0, 1, 2]]
-    assert t["targets"].tolist() == [[5, 6, 7], [3, 4, 5], [0, 2, 3]]
+    assert t["inputs"].tolist() == inputs.tolist() and "scenarios" not in t
+    # a stride above max_len acts as max_len: consecutive windows, nothing left out
+    assert train_windows([s], 3, 10)[1].tolist() == train_windows([s], 3, 3)[1].tolist()
+
+
+@pytest.mark.parametrize("stride", [1, 3, 7, 12])
+def test_train_windows_property(stride):
+    rng = np.random.default_rng(stride)
+    # items unique over all sequences, so a target tells its sequence and position
+    seqs = [1000 * i + 1 + rng.permutation(100)[: rng.integers(1, 40)] for i in range(30)]
+    max_len = 12
+    inputs, targets, _ = train_windows(seqs, max_len, stride)
+    # every target of every sequence (items 2..n) carries loss exactly once
+    expected = np.sort(np.concatenate([s[1:] for s in seqs]))
+    assert np.array_equal(np.sort(targets[targets > 0]), expected)
+    # inputs are a contiguous slice of the sequence; a target's input is the item before it
+    has = targets > 0
+    pos = np.nonzero(has)
+    for w, c in zip(*pos):  # small test data: a loop is fine here
+        seq = seqs[int(targets[w, c]) // 1000]
+        j = int(np.nonzero(seq == targets[w, c])[0][0])
+        assert inputs[w, c] == seq[j - 1]
+        context = int((inputs[w, : c + 1] > 0).sum())
+        assert context == j or context >= max_len + 1 - min(stride, max_len)  # whole prefix or >= L + 1 - stride
 
 
 def _successor_sequences(n_items=20, n_seqs=64, length=12, seed=0):
@@ -135,8 +161,12 @@ def test_lightning_training_is_deterministic(tmp_path):
     cfg = SASRecConfig(hidden=16, n_blocks=1, max_len=8, batch_size=16, dropout=0.2, seed=7, patience=5)
     _, m1 = train_sasrec(split, cfg, max_epochs=2, default_root_dir=tmp_path / "a")
     model, m2 = train_sasrec(split, cfg, max_epochs=2, default_root_dir=tmp_path / "b")
+    timing = {"train_seconds", "seconds_per_epoch"}
     for key in m1:
-        if key != "train_seconds":
+        if key == "curve":
+            strip = [[{k: v for k, v in r.items() if k != "seconds"} for r in m["curve"]] for m in (m1, m2)]
+            assert strip[0] == strip[1]
+        elif key not in timing:
             assert m1[key] == m2[key], key
     assert m1["epochs"] == 2 and "test/ndcg@10" in m1 and "test_excl_seen/hr@10" in m1
     # targets never repeat a history item here, so dropping seen items can only move them up
@@ -168,3 +198,118 @@ def test_saved_sasrec_round_trips_with_its_ids_and_rejects_bad_files(tmp_path):
     torch.save({"format": "something-else"}, tmp_path / "other.pt")
     with pytest.raises(ValueError, match="not a SASRec weights file"):
         load_sasrec(tmp_path / "other.pt")
+
+
+# ------------------------------------------------------------------------------------ scenario-aware variant
+AWARE = SASRecConfig(hidden=32, n_blocks=1, n_heads=1, max_len=12, dropout=0.0, scenario_aware=True)
+
+
+def _aware(seed=0):
+    torch.manual_seed(seed)
+    return SASRec(30, AWARE, scenarios=["cart", "feed", "search"]).eval()
+
+
+def test_scenario_changes_the_scores_of_the_aware_model_only():
+    model = _aware()
+    hist = [np.array([3, 9, 4, 17]), np.array([5, 2])]
+    hist_scen = [np.array(["feed", "feed", "cart", "feed"]), np.array(["search", "cart"])]
+    seqs = left_pad(hist, 12)
+    a = model.last_scores(seqs, left_pad([model.encode_scenarios(np.append(h[1:], "feed")) for h in hist_scen], 12))
+    b = model.last_scores(seqs, left_pad([model.encode_scenarios(np.append(h[1:], "cart")) for h in hist_scen], 12))
+    assert (a - b)[:, 1:].abs().amax() > 1e-3  # another request scenario, other scores
+    # recommend builds the same next-event scenarios from names: request last, history shifted by one
+    ranked = model.recommend(hist, 29, scenarios=["feed", "feed"], history_scenarios=hist_scen)
+    assert torch.equal(ranked, top_k_of(a, 29))
+    ranked_cart = model.recommend(hist, 29, scenarios=["cart", "cart"], history_scenarios=hist_scen)
+    assert not torch.equal(ranked, ranked_cart)
+    # the plain model ignores scenarios
+    plain = _model()
+    assert torch.equal(plain.recommend(hist, 10), plain.recommend(hist, 10, scenarios=["x", "y"], history_scenarios=[[1], [2]]))
+
+
+def top_k_of(scores, k):
+    from models.eval.metrics import top_k
+
+    return top_k(scores, k)
+
+
+def test_scenario_inputs_are_validated():
+    model = _aware()
+    hist = [np.array([3, 9, 4])]
+    with pytest.raises(ValueError, match="unknown scenario.*'home'"):
+        model.recommend(hist, 5, scenarios=["home"], history_scenarios=[["feed"] * 3])
+    with pytest.raises(ValueError, match="unknown scenario"):
+        model.recommend(hist, 5, scenarios=["feed"], history_scenarios=[["feed", "nope", "cart"]])
+    with pytest.raises(ValueError, match="history_scenarios"):
+        model.recommend(hist, 5, scenarios=["feed"])
+    with pytest.raises(ValueError, match="2 entries for a history of 3"):
+        model.recommend(hist, 5, scenarios=["feed"], history_scenarios=[["feed", "cart"]])
+    with pytest.raises(ValueError, match="scenario of every input position"):
+        model(left_pad(hist, 12))
+    with pytest.raises(ValueError, match="scenario names"):
+        SASRec(30, AWARE)
+    with pytest.raises(ValueError, match="plain SASRec"):
+        SASRec(30, SMALL, scenarios=["a"])
+
+
+def test_data_module_carries_next_event_scenarios():
+    split = _tiny_split()
+    from models.lightning.sasrec_module import split_scenarios
+
+    scen = split_scenarios(split)
+    assert list(scen.ids) == ["s0", "s1"]
+    data = SequenceDataModule(split, max_len=8, batch_size=64, window_stride=None, scenario_encoder=scen)
+    data.setup()
+    batch = next(iter(data.train_dataloader()))
+    real = batch["inputs"] != 0
+    assert torch.equal(batch["scenarios"] != 0, real)  # a scenario exactly where there is an input item
+    val = next(iter(data.val_dataloader()))
+    cases = split.eval_cases("valid")
+    # the last position holds the held-out event's scenario
+    assert val["scenarios"][:, -1].tolist() == scen.encode(cases.scenarios.astype(str)).tolist()
+    # earlier positions the next history event's
+    assert val["scenarios"][0, -2].item() == scen.encode([str(cases.history_scenarios[0][-1])])[0]
+
+
+def _scenario_rule_split(n_users=150):
+    # the next item depends on the scenario it happens in: s0 -> item + 1, s1 -> item + 2 (mod 20)
+    rows, rng = [], np.random.default_rng(0)
+    for u in range(n_users):
+        item = int(rng.integers(1, 20))
+        for t in range(12):
+            scen = "s0" if rng.random() < 0.5 else "s1"
+            item = (item + (1 if scen == "s0" else 2) - 1) % 20 + 1
+            rows.append((f"u{u}", f"i{item}", t, scen))
+    return leave_last_out(pd.DataFrame(rows, columns=["user_id", "item_id", "timestamp", "scenario"]))
+
+
+def test_scenario_aware_training_logs_and_round_trips(tmp_path):
+    from dataclasses import replace
+
+    from models.lightning.sasrec_module import load_sasrec, save_sasrec
+
+    split = _scenario_rule_split()
+    cfg = SASRecConfig(hidden=32, n_blocks=1, max_len=10, batch_size=32, dropout=0.0, lr=1e-2, seed=0, patience=5,
+                       max_epochs=30, scenario_aware=True)
+    lines = []
+    model, m = train_sasrec(split, cfg, default_root_dir=tmp_path / "aware", log=lines.append)
+    _, plain = train_sasrec(split, replace(cfg, scenario_aware=False), default_root_dir=tmp_path / "plain")
+    # the request's scenario decides between two next items: only the aware model can know which
+    assert m["test/hr@1"] > 0.9 and plain["test/hr@1"] < 0.65, (m["test/hr@1"], plain["test/hr@1"])
+    assert model.scenarios == ("s0", "s1")
+    # one log line and one curve row per epoch
+    assert len(lines) == len(m["curve"]) == m["epochs"]
+    assert lines[0].startswith("sasrec epoch 0: train loss") and "val HR@10" in lines[0]
+    assert [r["epoch"] for r in m["curve"]] == list(range(m["epochs"]))
+    assert all({"train/loss", "val/ndcg@10", "val/hr@10", "seconds"} <= set(r) for r in m["curve"])
+    assert m["stopped_early"] == (m["epochs"] < cfg.max_epochs)
+    # save/load keeps the scenario vocabulary with the weights
+    encoder = encode_ids(split.items)
+    loaded, ids = load_sasrec(save_sasrec(model, encoder, tmp_path / "aware.pt"))
+    assert loaded.scenarios == model.scenarios and loaded.config == cfg and list(ids.ids) == list(encoder.ids)
+    cases = split.eval_cases("test")
+    hist = [encoder.encode(h) for h in cases.histories]
+    kw = {"scenarios": cases.scenarios, "history_scenarios": cases.history_scenarios}
+    assert torch.equal(model.recommend(hist, 10, **kw), loaded.recommend(hist, 10, **kw))
+    with pytest.raises(ValueError, match="unknown scenario"):
+        loaded.recommend(hist[:1], 10, scenarios=["s9"], history_scenarios=cases.history_scenarios[:1])

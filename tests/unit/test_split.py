@@ -63,6 +63,18 @@ def test_eval_cases_histories():
         sp.eval_cases("train")
 
 
+def test_scenario_sequences_follow_the_items():
+    sp = leave_last_out(_frame())
+    assert list(sp.scenario_sequences["u1"]) == ["s1", "s2"]  # items a, b
+    assert list(sp.scenario_sequences["u3"]) == ["s1", "s1"]
+    v, t = sp.eval_cases("valid"), sp.eval_cases("test")
+    assert [list(h) for h in v.history_scenarios] == [["s1", "s2"], ["s1"]]
+    # the test history ends with the validation event, so do its scenarios (u1's "c" happened in s1)
+    assert [list(h) for h in t.history_scenarios] == [["s1", "s2", "s1"], ["s1", "s1"]]
+    no_scenario = leave_last_out(_frame().drop(columns="scenario"))
+    assert no_scenario.scenario_sequences is None and no_scenario.eval_cases("test").history_scenarios is None
+
+
 def test_split_bad_input():
     with pytest.raises(ValueError, match="missing column"):
         leave_last_out(_frame().drop(columns="timestamp"))
