@@ -18,7 +18,7 @@ help:
 	@echo "make test   - create/update the venv (redis-server comes with it), install chromium if missing, run the tests"
 	@echo "make ui     - Dagster UI on http://127.0.0.1:3000"
 	@echo "make serve  - Triton on 127.0.0.1:8000 (http) / 8001 (grpc) over the published model repository"
-	@echo "make bench  - benchmarks -> bench/results/*.json"
+	@echo "make bench [DATA=<dir>] - benchmarks -> bench/results/*.json (DATA: also the real-data benchmarks)"
 	@echo "make evaluate DATA=<dir> [SEED=n] - the whole graph on a standard-schema dataset -> data/evaluate/<name>/metrics.json"
 
 # (Re)install when the pins change. The lock file pins every transitive package; pyproject pins the direct ones.
@@ -67,7 +67,7 @@ serve: venv
 	$(VENV)/bin/oxyrec serve
 
 bench: venv
-	$(PY) -m bench.run_all
+	$(PY) -m bench.run_all $(if $(DATA),--data "$(abspath $(DATA))")
 
 clean:
 	rm -rf data/dagster_home data/cache

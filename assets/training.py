@@ -61,9 +61,17 @@ def configs(params: ParamsResource) -> tuple[GeneratorConfig, SFTConfig]:
     return generator, sft
 
 
-def sasrec_config(params: ParamsResource) -> SASRecConfig:
+def sasrec_configs(params: ParamsResource, n_scenarios: int) -> dict[str, SASRecConfig]:
+    """{name in sft_evaluation: config} of the SASRec variants to train (the scenario-aware one only when the
+    data has more than one scenario)."""
     section = params.settings.sft.sasrec
-    return SASRecConfig(seed=params.settings.seed, **section.model_dump())
+    base = SASRecConfig(seed=params.settings.seed, **section.model_dump(exclude={"variants"}))
+    out = {}
+    if "plain" in section.variants:
+        out["sasrec"] = base
+    if "scenario" in section.variants and n_scenarios > 1:
+        out["sasrec_scenario"] = dataclasses.replace(base, scenario_aware=True)
+    return out or {"sasrec": base}
 
 
 def run_key(training_examples: pd.DataFrame, sid_table: SemanticIdTable, generator, sft) -> str:
@@ -78,14 +86,15 @@ def run_key(training_examples: pd.DataFrame, sid_table: SemanticIdTable, generat
     return hashlib.sha256(json.dumps(payload, sort_keys=True, default=str).encode()).hexdigest()[:12]
 
 
-def curves(history: list[dict]):
+def curves(history: list[dict], losses=("train_loss_epoch", "train_loss", "val_loss"),
+           metrics=("val_hr10", "val_ndcg10")):
     figure, (left, right) = plt.subplots(1, 2, figsize=(9, 2.8))
     epochs = [h.get("epoch", i) for i, h in enumerate(history)]
-    for key in ("train_loss_epoch", "train_loss", "val_loss"):
+    for key in losses:
         values = [h.get(key) for h in history]
         if any(v is not None for v in values):
             left.plot(epochs, values, marker="o", label=key)
-    for key in ("val_hr10", "val_ndcg10"):
+    for key in metrics:
         values = [h.get(key) for h in history]
         if any(v is not None for v in values):
             right.plot(epochs, values, marker="o", label=key)
@@ -138,31 +147,34 @@ def sasrec_baseline(
     params: ParamsResource,
     artifacts: ArtifactStoreResource,
 ) -> dict:
-    """SASRec trained on the same leave-last-out split as the generator (early stopping on validation NDCG@10)."""
-    config = sasrec_config(params)
+    """The SASRec baselines (plain, and scenario-aware with > 1 scenario) trained on the same leave-last-out split
+    as the generator until early stopping on validation NDCG@10 ends them."""
     split = leave_last_out(interaction_log)
+    configs_ = sasrec_configs(params, interaction_log["scenario"].nunique())
     encoder = encode_ids(split.items)
     out_dir = artifacts.asset_dir("sasrec_baseline")
     sft = params.settings.sft
-    variants, rows = {}, []
-    for name, variant in (("sasrec", config),):
+    variants, rows, plots = {}, [], {}
+    for name, variant in configs_.items():
         shutil.rmtree(out_dir / name, ignore_errors=True)  # a fresh fit each time: no stale best.ckpt to pick up
         model, metrics = train_sasrec(split, variant, encoder=encoder, default_root_dir=out_dir / name,
-                                      accelerator=sft.accelerator, devices=sft.devices)
+                                      accelerator=sft.accelerator, devices=sft.devices, log=context.log.info)
         weights = save_sasrec(model, encoder, out_dir / f"{name}.pt")
         variants[name] = {"weights": str(weights), "metrics": {k: float(v) for k, v in metrics.items()
                                                                if isinstance(v, (int, float))}}
+        plots[f"curves_{name}"] = curves(metrics["curve"], ("train/loss", "val/loss"), ("val/hr@10", "val/ndcg@10"))
         rows.append({"variant": name, "epochs": int(metrics["epochs"]), "best_epoch": int(metrics["best_epoch"]),
                      "train_seconds": round(float(metrics["train_seconds"]), 1),
                      **{k: round(float(metrics[k]), 4) for k in ("valid/hr@10", "valid/ndcg@10", "test/hr@10",
                                                                   "test/ndcg@10")}})
     context.add_output_metadata(
         {
-            "config": MetadataValue.json(dataclasses.asdict(config)),
+            "config": MetadataValue.json({k: dataclasses.asdict(v) for k, v in configs_.items()}),
             "variants": md(pd.DataFrame(rows)),
             "epochs": rows[0]["epochs"],
             "best_epoch": rows[0]["best_epoch"],
             "valid_hr10": rows[0]["valid/hr@10"],
+            **plots,
         }
     )
     return {"variants": variants}

@@ -143,18 +143,20 @@ class FeatureSettings(_Section):
 
 
 class SASRecSettings(_Section):
-    """The SASRec baseline trained next to the generator on the same split (models/nn/sasrec.py)."""
+    """The SASRec baselines trained next to the generator on the same split (models/nn/sasrec.py): the plain
+    model and, when the data has more than one scenario, the scenario-aware variant (``variants``)."""
 
     hidden: int = Field(64, ge=8)
     n_blocks: int = Field(2, ge=1)
     n_heads: int = Field(1, ge=1)
     max_len: int = Field(50, ge=2)
     dropout: float = Field(0.2, ge=0, lt=1)
-    lr: float = Field(1e-3, gt=0)
+    lr: float = Field(2e-3, gt=0)
     batch_size: int = Field(128, ge=1)
-    max_epochs: int = Field(200, ge=1)
+    max_epochs: int = Field(200, ge=1)          # a cap only: early stopping on validation NDCG@10 ends training
     patience: int = Field(20, ge=1)
-    window_stride: int | None = Field(10, ge=1)   # None: only the last window of each user's train sequence
+    window_stride: int | None = Field(25, ge=1)   # every target trained once per epoch; None: the last window only
+    variants: list[Literal["plain", "scenario"]] = Field(default_factory=lambda: ["plain", "scenario"], min_length=1)
 
 
 class AblationSettings(_Section):

@@ -178,7 +178,7 @@ def test_sft_is_evaluated_against_popularity_and_sasrec_on_the_same_examples(tra
     cases = pd.read_parquet(root / "sft_evaluation" / "_.parquet")
     table = summary_table(cases)
     overall = table[table["group"] == "overall"].set_index(["split", "model"])
-    models = {"oxygenrec_sft", "popularity", "popularity_per_scenario", "sasrec"}
+    models = {"oxygenrec_sft", "popularity", "popularity_per_scenario", "sasrec", "sasrec_scenario"}
     assert set(overall.index) == {(split, m) for split in ("valid", "test") for m in models}
     examples = pd.read_parquet(root / "training_examples" / "_.parquet")
     for split in ("valid", "test"):  # every model scored on the same examples: the split's examples, in order
@@ -189,8 +189,10 @@ def test_sft_is_evaluated_against_popularity_and_sasrec_on_the_same_examples(tra
     assert ((0.0 <= overall["hr@10"]) & (overall["hr@10"] <= 1.0)).all()
     manifest = json.loads((root / "sft_model" / "_.json").read_text())
     torch.load(manifest["checkpoint"], weights_only=True)  # checkpoints load without pickle code execution
-    sasrec = json.loads((root / "sasrec_baseline" / "_.json").read_text())["variants"]["sasrec"]
-    assert sasrec["metrics"]["epochs"] >= 1 and Path(sasrec["weights"]).is_file()
+    variants = json.loads((root / "sasrec_baseline" / "_.json").read_text())["variants"]
+    assert set(variants) == {"sasrec", "sasrec_scenario"}  # the small world has six scenarios
+    for sasrec in variants.values():
+        assert sasrec["metrics"]["epochs"] >= 1 and Path(sasrec["weights"]).is_file()
 
 
 def test_the_gate_refuses_an_untrained_model_and_nothing_downstream_runs(trained, tmp_path):
