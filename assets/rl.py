@@ -20,7 +20,6 @@
 Group "training" (with sft_model): materialized by the ``train_sft`` job, not by ``daily_retraining``.
 """
 
-import copy
 import dataclasses
 import hashlib
 import json
@@ -45,34 +44,21 @@ from dagster import (  # noqa: E402
 
 from models.eval.cases import gate as paired_gate_on_cases  # noqa: E402
 from models.eval.cases import summary_table as case_table  # noqa: E402
-from models.eval.generative import generator_ranked  # noqa: E402
-from models.eval.metrics import target_ranks  # noqa: E402
 from models.lightning.generator_data import ExampleEncoder  # noqa: E402
-from models.lightning.train import load_generator, save_generator  # noqa: E402
+from models.lightning.train import save_generator  # noqa: E402
 from models.rl import (  # noqa: E402
     ACTIONS,
-    GroupPolicyTrainer,
     RewardModelConfig,
-    RLConfig,
     RLTrainingError,
     calibrate,
     evaluate,
-    load_reward_model,
     log_loss,
     save_reward_model,
     train_reward_model,
 )
-from models.rl.verifiable import MixedReward, RewardMix  # noqa: E402
-from models.rl.generator_policy import (  # noqa: E402
-    GeneratorPolicy,
-    GeneratorPolicyConfig,
-    PromptConfig,
-    PromptSet,
-    expected_reward,
-    make_reward_fn,
-    mapping_for_scenarios,
-    reward_data_from_examples,
-)
+from models.rl.experiment import RLExperiment, RLRun, measure, split_rows  # noqa: E402
+from models.rl.generator_policy import mapping_for_scenarios, reward_data_from_examples  # noqa: E402
+from models.rl.verifiable import RewardMix  # noqa: E402
 from models.semantic_ids import SemanticIdTable  # noqa: E402
 from models.semantic_ids.trie import SIDTrie  # noqa: E402
 from orchestration.params import ParamsResource  # noqa: E402
@@ -91,17 +77,6 @@ def rl_seed(settings: Settings) -> int:
     return settings.seed if settings.rl.seed is None else settings.rl.seed
 
 
-def split_rows(training_examples: pd.DataFrame, split: str, limit: int, seed: int) -> pd.DataFrame:
-    """At most ``limit`` rows of a split, a seeded sample in the original order (same rows for every asset)."""
-    frame = training_examples[training_examples["split"] == split]
-    if frame.empty:
-        raise ValueError(f"training_examples has no {split!r} rows: RL needs train and valid examples")
-    if len(frame) > limit:
-        keep = np.sort(np.random.default_rng(seed).choice(len(frame), limit, replace=False))
-        frame = frame.iloc[keep]
-    return frame.reset_index(drop=True)
-
-
 def item_features(catalog_embeddings: dict, sid_table: SemanticIdTable) -> torch.Tensor:
     """Fused catalog embeddings in SID-table row order (= trie leaf order)."""
     index = pd.Index(np.asarray(catalog_embeddings["item_ids"]).astype(str))
@@ -112,16 +87,31 @@ def item_features(catalog_embeddings: dict, sid_table: SemanticIdTable) -> torch
     return torch.from_numpy(np.ascontiguousarray(catalog_embeddings["fused"][pos], dtype=np.float32))
 
 
-def rl_config(rl: RLSettings, seed: int, algorithm: str | None = None, steps: int | None = None,
-              ppo_epochs: int | None = None, **overrides) -> RLConfig:
-    """The RLConfig of the rl section; ``overrides`` (e.g. lr, group_clip_target) replace its fields."""
-    config = RLConfig(
-        algorithm=algorithm or rl.algorithm, group_size=rl.group_size, lr=rl.lr, beta=rl.kl_coef, tau_pos=rl.tau_pos,
-        tau_neg=rl.tau_neg, group_clip_target=rl.group_clip, ppo_epochs=ppo_epochs or rl.ppo_epochs,
-        max_grad_norm=rl.max_grad_norm,
-        steps=steps or rl.steps, seed=seed, kl_stop=rl.kl_stop,
-    )
-    return dataclasses.replace(config, **overrides)
+def rl_run(rl: RLSettings, seed: int) -> RLRun:
+    """The RLRun of the rl section (models/rl/experiment.py)."""
+    r = rl.reward
+    return RLRun(algorithm=rl.algorithm, steps=rl.steps, lr=rl.lr, beta=rl.kl_coef, tau_pos=rl.tau_pos,
+                 tau_neg=rl.tau_neg, group_clip=rl.group_clip, ppo_epochs=rl.ppo_epochs,
+                 max_grad_norm=rl.max_grad_norm, kl_stop=rl.kl_stop, group_size=rl.group_size,
+                 prompts_per_step=rl.prompts_per_step, synthetic_share=rl.synthetic_share,
+                 group_sampling=rl.group_sampling, temperature=rl.temperature,
+                 mix=RewardMix(learned_weight=r.learned_weight, verifiable_weight=r.verifiable_weight,
+                               prefix_credit=r.prefix_credit, rank_penalty=r.rank_penalty), seed=seed)
+
+
+def rl_experiment(sft_model: dict, reward_model: dict, training_examples: pd.DataFrame,
+                  item_semantic_ids: pd.DataFrame, settings: Settings) -> RLExperiment:
+    """The RLExperiment of the settings: reward weights of the data's scenarios (the others are reported unused)."""
+    rl = settings.rl
+    scenarios = list(reward_model["scenarios"])
+    weights = {k: dict(v) for k, v in rl.reward.scenarios.items() if k in scenarios}
+    mapping = mapping_for_scenarios(scenarios, weights, dict(rl.reward.default), rl.reward.invalid_penalty,
+                                    rl.reward.diversity_bonus)
+    experiment = RLExperiment(sft_model["checkpoint"], sft_model["encoder"], reward_model, mapping, training_examples,
+                              item_semantic_ids, max_examples=rl.max_examples, seed=rl_seed(settings),
+                              beam_width=settings.sft.beam_width, eval_group_size=rl.group_size)
+    experiment.unused_weights = sorted(set(rl.reward.scenarios) - set(scenarios))
+    return experiment
 
 
 def digest(payload: dict) -> str:
@@ -138,104 +128,13 @@ def reward_curves(history: list[dict], title: str = ""):
     return png_markdown(figure)
 
 
-class RLSetup:
-    """What every RL run of one materialization shares: data, SFT model, reward, evaluation examples."""
-
-    def __init__(self, sft_model: dict, reward_model: dict, training_examples: pd.DataFrame,
-                 item_semantic_ids: pd.DataFrame, settings: Settings):
-        rl, seed = settings.rl, rl_seed(settings)
-        self.settings, self.rl, self.seed = settings, rl, seed
-        self.sid_table = SemanticIdTable.from_frame(item_semantic_ids)
-        self.trie = SIDTrie.from_codes(self.sid_table.codes, self.sid_table.vocab_sizes)
-        self.encoder = ExampleEncoder.load(sft_model["encoder"], self.sid_table)
-        if list(self.encoder.scenarios) != list(reward_model["scenarios"]):
-            raise ValueError(f"sft_model scenarios {list(self.encoder.scenarios)} differ from reward_model's "
-                             f"{reward_model['scenarios']}: rematerialize reward_model")
-        if reward_model.get("codebook_version") != self.sid_table.codebook_version:
-            raise ValueError(f"reward_model was trained with SID codebook {reward_model.get('codebook_version')}, the "
-                             f"current one is {self.sid_table.codebook_version}: rematerialize reward_model")
-        self.sft = load_generator(sft_model["checkpoint"])
-        self.encoder.check_config(self.sft.cfg)
-        train = split_rows(training_examples, "train", rl.max_examples, seed)
-        # evaluated on every validation (and test) example sft_evaluation scores, in the same order
-        self.frames = {split: split_rows(training_examples, split, len(training_examples), seed)
-                       for split in ("valid", "test")}
-        self.train_prompts = self.encoder.encode(train)  # with targets: the verifiable reward reads them
-        self.encoded = {split: self.encoder.encode(frame) for split, frame in self.frames.items()}
-        self.valid = self.encoded["valid"]
-        self.valid_prompts = {k: v for k, v in self.valid.items() if k not in ("target_sids", "target_item")}
-        self.reward_net = load_reward_model(reward_model["checkpoint"])
-        self.item_x = torch.from_numpy(np.load(reward_model["item_features"], allow_pickle=False))
-        weights = {k: dict(v) for k, v in rl.reward.scenarios.items() if k in self.encoder.scenarios}
-        self.unused_weights = sorted(set(rl.reward.scenarios) - set(self.encoder.scenarios))
-        self.mapping = mapping_for_scenarios(self.encoder.scenarios, weights, dict(rl.reward.default),
-                                             rl.reward.invalid_penalty, rl.reward.diversity_bonus)
-        self.learned_reward = make_reward_fn(self.reward_net, self.mapping, self.item_x, self.trie)
-        r = rl.reward
-        self.mix = RewardMix(learned_weight=r.learned_weight, verifiable_weight=r.verifiable_weight,
-                             prefix_credit=r.prefix_credit, rank_penalty=r.rank_penalty)
-        self.reward_fn = MixedReward(self.learned_reward, self.mix)
-        self.policy_config = GeneratorPolicyConfig(temperature=rl.temperature, group=rl.group_sampling)
-        self.item_codes = torch.as_tensor(self.sid_table.codes, dtype=torch.long)
-        # frozen copy: the SFT reference of the KL term and of the before numbers (self.sft stays trainable to copy)
-        self.reference = self.policy(copy.deepcopy(self.sft))
-        for p in self.reference.parameters():
-            p.requires_grad_(False)
-        self.beam_width = settings.sft.beam_width
-        self.before = self.evaluate(self.reference)
-
-    def policy(self, model) -> GeneratorPolicy:
-        return GeneratorPolicy(model, self.trie, self.policy_config, item_codes=self.item_codes)
-
-    def cases(self, model, name: str) -> pd.DataFrame:
-        """Per-example ranks (models.eval.cases) of ``model``'s beam search on every validation and test example."""
-        parts = []
-        for split, frame in self.frames.items():
-            ranked, targets, _, _ = generator_ranked(model, self.encoded[split], self.trie, 10, self.beam_width)
-            parts.append(pd.DataFrame({
-                "split": split, "model": name, "example": np.arange(len(frame)),
-                "user_id": frame["user_id"].astype(str).to_numpy(), "scenario": frame["scenario"].astype(str).to_numpy(),
-                "rank": target_ranks(ranked, np.where(targets >= 0, targets, -2))}))
-        return pd.concat(parts, ignore_index=True)
-
-    def evaluate(self, policy: GeneratorPolicy) -> dict:
-        """Validation HR@10 / NDCG@10 (beam search, every validation example) and mean sampled learned reward,
-        overall and per scenario."""
-        cases = self.cases(policy.model, "policy")
-        table = case_table(cases[cases["split"] == "valid"].drop(columns="split"))
-        overall = table[table["group"] == "overall"].iloc[0]
-        reward = expected_reward(policy, self.valid_prompts, self.learned_reward, self.rl.group_size, seed=self.seed)
-        names = np.asarray(self.encoder.scenarios, dtype=object)
-        scen = self.valid_prompts["scenario"].numpy()
-        per_reward = {str(names[s]): v for s, v in reward["per_scenario"].items()}
-        table = table.assign(reward=[reward["mean"] if g == "overall" else per_reward.get(str(g), float("nan"))
-                                     for g in table["group"]])
-        return {"hr10": float(overall["hr@10"]), "ndcg10": float(overall["ndcg@10"]), "reward": reward["mean"],
-                "valid_share": reward["valid_share"], "table": table.drop(columns="model"), "n": int(len(scen)),
-                "cases": cases}
-
-    def train(self, algorithm: str, synthetic_share: float, steps: int | None = None, log=None,
-              ppo_epochs: int | None = None, seed: int | None = None, **overrides):
-        """(policy, history) of one RL run; RLTrainingError propagates with the policy restored.
-        ``seed`` (default: the setup's) seeds prompt and item sampling; ``overrides`` replace RLConfig fields."""
-        seed = self.seed if seed is None else seed
-        policy = self.policy(copy.deepcopy(self.sft))
-        prompts = PromptSet(self.train_prompts, len(self.encoder.scenarios),
-                            PromptConfig(batch_size=self.rl.prompts_per_step, synthetic_share=synthetic_share))
-        config = rl_config(self.rl, seed, algorithm, steps, ppo_epochs, **overrides)
-        trainer = GroupPolicyTrainer(policy, self.reward_fn, config, self.reference)
-
-        def on_step(rec: dict) -> None:
-            if log is not None and (rec["step"] % 10 == 0):
-                log(f"{algorithm} share={synthetic_share} step {rec['step']}: reward {rec['reward_mean']:.4f} "
-                    f"kl {rec['kl_after']:.4g} entropy {rec['entropy']:.3f}")
-
-        try:
-            trainer.fit(prompts, on_step)
-        except RLTrainingError as error:
-            error.policy, error.history = policy, trainer.history  # the restored last good state
-            raise
-        return policy, trainer.history
+def step_logger(log, label: str):
+    """on_step callback: one log line every 10 steps."""
+    def on_step(rec: dict) -> None:
+        if log is not None and rec["step"] % 10 == 0:
+            log(f"{label} step {rec['step']}: reward {rec['reward_mean']:.4f} kl {rec['kl_after']:.4g} "
+                f"entropy {rec['entropy']:.3f} group hit {rec.get('group_hit_share', float('nan')):.3f}")
+    return on_step
 
 
 def comparison_table(before: dict, after: dict) -> pd.DataFrame:
@@ -248,7 +147,7 @@ def comparison_table(before: dict, after: dict) -> pd.DataFrame:
 
 def comparison_summary(table: pd.DataFrame) -> pd.DataFrame:
     """Mean and std over seeds per (algorithm, synthetic share) of the rl_comparison table (SFT row first)."""
-    metrics = ["reward", "hr@10", "ndcg@10", "final_kl", "clip_frac"]
+    metrics = ["reward", "hr@10", "ndcg@10", "test_hr@10", "test_ndcg@10", "final_kl", "kl_valid", "clip_frac"]
     grouped = table.groupby(["algorithm", "synthetic_share"], dropna=False, sort=False)
     out = grouped[metrics].agg(["mean", "std"])
     out.columns = [f"{metric}_{stat}" for metric, stat in out.columns]
@@ -358,12 +257,14 @@ def rl_policy(
     settings = params.settings
     rl = settings.rl
     start = time.perf_counter()
-    setup = RLSetup(sft_model, reward_model, training_examples, item_semantic_ids, settings)
+    experiment = rl_experiment(sft_model, reward_model, training_examples, item_semantic_ids, settings)
+    run = rl_run(rl, experiment.seed)
     run_dir = artifacts.asset_dir("rl_policy") / "runs" / digest(
-        {"sft": sft_model["checkpoint"], "reward": reward_model["checkpoint"], "rl": rl.model_dump(), "seed": setup.seed})
+        {"sft": sft_model["checkpoint"], "reward": reward_model["checkpoint"], "rl": rl.model_dump(),
+         "seed": experiment.seed})
     run_dir.mkdir(parents=True, exist_ok=True)
     try:
-        policy, history = setup.train(rl.algorithm, rl.synthetic_share, log=context.log.info)
+        policy, history = experiment.train(run, step_logger(context.log.info, rl.algorithm))
     except RLTrainingError as error:
         saved = save_generator(error.policy.model, run_dir / "last_good.pt")
         raise Failure(
@@ -373,8 +274,8 @@ def rl_policy(
                       "history": MetadataValue.json(numeric_history(error.history))},
         ) from error
     train_seconds = time.perf_counter() - start
-    after = setup.evaluate(policy)
-    before = setup.before
+    after = experiment.evaluate(policy.model, RL, temperature=run.temperature)
+    before = experiment.before
     checkpoint = save_generator(policy.model, run_dir / "policy.pt")
     # every validation and test example, SFT and RL side by side: what serving_candidate's gate reads
     cases = pd.concat([before["cases"].assign(model=SFT), after["cases"].assign(model=RL)], ignore_index=True)
@@ -382,7 +283,7 @@ def rl_policy(
     cases.to_parquet(cases_path, index=False)
     gate = settings.gate
     _, decision = paired_gate_on_cases(cases, RL, SFT, "valid", gate.metrics, margin=rl.gate_margin,
-                                       resamples=gate.resamples, confidence=gate.confidence, seed=setup.seed)
+                                       resamples=gate.resamples, confidence=gate.confidence, seed=experiment.seed)
     last = history[-1]
     stopped = last["stopped_reason"]
     if stopped == "kl_stop":
@@ -426,7 +327,7 @@ def rl_policy(
         "rl_vs_sft_valid": md(pd.DataFrame(decision.table())[["metric", "n", "candidate", "reference", "difference",
                                                                "low", "high"]]),
         "curves": reward_curves(history),
-        "unused_reward_weights": MetadataValue.json(setup.unused_weights),
+        "unused_reward_weights": MetadataValue.json(experiment.unused_weights),
         "seconds": round(time.perf_counter() - start, 1),
         "train_seconds": round(train_seconds, 1),
     })
@@ -482,41 +383,42 @@ def rl_comparison(
     budget for every cell: one row per run, plus the SFT reference row; metadata has the mean ± std over seeds."""
     settings = params.settings
     rl, cmp = settings.rl, settings.rl.comparison
-    setup = RLSetup(sft_model, reward_model, training_examples, item_semantic_ids, settings)
-    before = setup.before
-    seeds = cmp.seeds or [setup.seed]
-    group_clip = before["reward"] if cmp.group_clip is None else cmp.group_clip
+    experiment = rl_experiment(sft_model, reward_model, training_examples, item_semantic_ids, settings)
+    before = experiment.before
+    seeds = cmp.seeds or [experiment.seed]
+    base = rl_run(rl, experiment.seed).replace(
+        steps=cmp.steps or rl.steps, ppo_epochs=cmp.ppo_epochs or rl.ppo_epochs, **({} if cmp.lr is None else {"lr": cmp.lr}))
+    # sagcpo_gc's target on the scale of the reward it clips (learned + verifiable): the SFT policy's mean
+    group_clip = experiment.sft_reward(base) if cmp.group_clip is None else cmp.group_clip
     rows = []
     for algorithm in cmp.algorithms:
-        overrides = {} if cmp.lr is None else {"lr": cmp.lr}
-        if algorithm == "sagcpo_gc":
-            overrides["group_clip_target"] = group_clip
         for share in cmp.synthetic_shares:
             for seed in seeds:
+                run = base.replace(algorithm=algorithm.removesuffix("_gc"), synthetic_share=share, seed=seed,
+                                   **({"group_clip": group_clip} if algorithm == "sagcpo_gc" else {}))
                 start = time.perf_counter()
-                row = {"algorithm": algorithm, "synthetic_share": share, "seed": seed}
-                try:
-                    policy, history = setup.train(algorithm.removesuffix("_gc"), share, cmp.steps, log=context.log.info,
-                                                  ppo_epochs=cmp.ppo_epochs, seed=seed, **overrides)
-                    after = setup.evaluate(policy)
-                    row |= {"status": history[-1]["stopped_reason"], "steps": len(history),
-                            "final_kl": history[-1]["kl_after"], "reward": after["reward"], "hr@10": after["hr10"],
-                            "ndcg@10": after["ndcg10"],
-                            # how far the ratios left 1: the share of tokens the clip (GRPO, GSPO) or the soft gate
-                            # (SA-GCPO: gradient weight < 0.5) held back, mean over steps (last update of each step)
-                            "clip_frac": float(np.mean([h.get("clip_frac", 0.0) for h in history]))}
-                except RLTrainingError as error:  # one diverging configuration is a result, not a crash
-                    row |= {"status": f"failed: {error}"[:120], "steps": len(error.history), "final_kl": float("nan"),
-                            "reward": float("nan"), "hr@10": float("nan"), "ndcg@10": float("nan"),
-                            "clip_frac": float("nan")}
-                row["seconds"] = time.perf_counter() - start
-                rows.append(row)
+                # a diverging configuration is a result (status "failed: ..."), not a crash
+                m = measure(experiment, run, resamples=settings.gate.resamples,
+                            log=step_logger(context.log.info, f"{algorithm} share={share} seed={seed}"))
+                rows.append({"algorithm": algorithm, "synthetic_share": share, "seed": seed, "status": m["status"],
+                             "steps": m["steps"], "final_kl": m.get("kl_train_last", np.nan),
+                             "kl_valid": m.get("kl_valid", np.nan), "reward": m.get("reward_rl", np.nan),
+                             "hr@10": m.get("valid_hr@10_rl", np.nan), "ndcg@10": m.get("valid_ndcg@10_rl", np.nan),
+                             "test_hr@10": m.get("test_hr@10_rl", np.nan),
+                             "test_ndcg@10": m.get("test_ndcg@10_rl", np.nan),
+                             # how far the ratios left 1: the share of tokens the clip (GRPO, GSPO) or the soft gate
+                             # (SA-GCPO: gradient weight < 0.5) held back, mean over steps (last update of each step)
+                             "clip_frac": m.get("clip_frac", np.nan), "seconds": time.perf_counter() - start})
     table = pd.DataFrame(rows)
     table["reward_gain"] = table["reward"] - before["reward"]
     table["hr@10_delta"] = table["hr@10"] - before["hr10"]
-    sft_row = {"algorithm": "sft", "synthetic_share": float("nan"), "seed": setup.seed, "status": "reference",
-               "steps": 0, "final_kl": 0.0, "reward": before["reward"], "hr@10": before["hr10"],
-               "ndcg@10": before["ndcg10"], "clip_frac": 0.0, "seconds": 0.0, "reward_gain": 0.0, "hr@10_delta": 0.0}
+    sft_test = case_table(before["cases"][before["cases"]["split"] == "test"].drop(columns="split"))
+    sft_test = sft_test[sft_test["group"] == "overall"].iloc[0]
+    sft_row = {"algorithm": "sft", "synthetic_share": float("nan"), "seed": experiment.seed, "status": "reference",
+               "steps": 0, "final_kl": 0.0, "kl_valid": 0.0, "reward": before["reward"], "hr@10": before["hr10"],
+               "ndcg@10": before["ndcg10"], "test_hr@10": float(sft_test["hr@10"]),
+               "test_ndcg@10": float(sft_test["ndcg@10"]), "clip_frac": 0.0, "seconds": 0.0, "reward_gain": 0.0,
+               "hr@10_delta": 0.0}
     table = pd.concat([pd.DataFrame([sft_row]), table], ignore_index=True)
     summary = comparison_summary(table)
 
@@ -542,7 +444,8 @@ def rl_comparison(
         "plot_path": str(plot_path),
         "budget": MetadataValue.json({"steps": cmp.steps or rl.steps, "group_size": rl.group_size,
                                       "prompts_per_step": rl.prompts_per_step, "seeds": seeds,
-                                      "lr": cmp.lr or rl.lr, "ppo_epochs": cmp.ppo_epochs or rl.ppo_epochs,
-                                      "group_clip_target": group_clip}),
+                                      "lr": base.lr, "ppo_epochs": base.ppo_epochs,
+                                      "group_clip_target": group_clip, "reward_mix": dataclasses.asdict(base.mix),
+                                      "group_sampling": base.group_sampling}),
     })
     return table

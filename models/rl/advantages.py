@@ -27,11 +27,14 @@ def group_advantages(
     rewards: torch.Tensor,
     eps: float = 1e-6,
     group_clip_target: float | None = None,
+    scale: str = "std",
 ) -> torch.Tensor:
-    """Standardise rewards [B, G] within each group (row); return advantages [B, G].
+    """Centre (and with ``scale="std"`` standardise) rewards [B, G] within each group (row); return [B, G].
 
-    Raises ValueError for a wrong shape or for NaN/inf rewards (naming how many).
+    Raises ValueError for a wrong shape, an unknown ``scale`` or NaN/inf rewards (naming how many).
     """
+    if scale not in ("std", "none"):
+        raise ValueError(f"scale must be 'std' or 'none', got {scale!r}")
     if rewards.ndim != 2:
         raise ValueError(f"rewards must have shape [B, G], got {tuple(rewards.shape)}")
     if rewards.shape[1] < 2:
@@ -49,7 +52,7 @@ def group_advantages(
         )
     mean = rewards.mean(dim=1, keepdim=True)
     std = rewards.std(dim=1, keepdim=True, unbiased=False)
-    adv = (rewards - mean) / (std + eps)
+    adv = (rewards - mean) / (std + eps) if scale == "std" else rewards - mean
     # Equal rewards: force exact zeros (float rounding of the mean would leave ~1e-3 noise / eps).
     flat = rewards.amax(dim=1, keepdim=True) == rewards.amin(dim=1, keepdim=True)
     adv = torch.where(flat, torch.zeros_like(adv), adv)

@@ -4,7 +4,7 @@ One step t = 0..steps-1:
     prompts             = prompt_fn(t, generator)
     tokens, logp_old, m = policy.sample(prompts, G, generator)           (no grad; [B, G, T] each)
     R                   = reward_fn(prompts, tokens)                       ([B, G]; must be finite)
-    A                   = group_advantages(R, group_clip_target)           (advantages.py)
+    A                   = group_advantages(R, group_clip_target, adv_scale)  (advantages.py)
     logp_ref            = reference.log_probs(prompts, tokens)             (frozen copy of the initial policy)
     repeat ppo_epochs:  logp = policy.log_probs(prompts, tokens)
                         loss = policy_loss(algorithm, logp, logp_old, logp_ref, m, A)   (objectives.py)
@@ -14,7 +14,8 @@ One step t = 0..steps-1:
 History record per step: reward_mean/std/max, adv_zero_frac, loss, pg_loss, kl (pre-update, from the
 last epoch's loss), kl_after, entropy (Monte-Carlo per-token entropy estimate -mean_tok logp_old of
 the sampled tokens), ratio_mean, clip_frac (+ gate_mean/gate_min for SA-GCPO), grad_norm (pre-clip,
-last epoch), stopped_reason (None except on the last record: "steps_done" or "kl_stop").
+last epoch), the reward function's ``stats`` of the step when it has any (MixedReward: reward_learned,
+group_hit_share), stopped_reason (None except on the last record: "steps_done" or "kl_stop").
 
 Faults: non-finite rewards, a non-finite loss or a non-finite gradient norm restore the policy to the
 state it had at the start of the step (the last good state, after the previous step's updates) and
@@ -82,6 +83,7 @@ class RLConfig:
     tau_neg: float = 1.05
     group_clip_target: float | None = None  # SA-GCPO group clip (advantages.py); None = off
     adv_eps: float = 1e-6
+    adv_scale: str = "std"  # "std": (R - mean) / std per group (GRPO); "none": R - mean (advantages.py)
     ppo_epochs: int = 1
     max_grad_norm: float = 1.0
     steps: int = 100
@@ -94,6 +96,8 @@ class RLConfig:
         for name in ("group_size", "ppo_epochs", "steps"):
             if getattr(self, name) < (2 if name == "group_size" else 1):
                 raise ValueError(f"RLConfig.{name} too small: {getattr(self, name)}")
+        if self.adv_scale not in ("std", "none"):
+            raise ValueError(f"RLConfig.adv_scale must be 'std' or 'none', got {self.adv_scale!r}")
         if self.lr <= 0 or self.max_grad_norm <= 0:
             raise ValueError(f"lr and max_grad_norm must be > 0, got {self.lr}, {self.max_grad_norm}")
         self.loss_config()  # validates eps/tau/beta early
@@ -145,7 +149,7 @@ class GroupPolicyTrainer:
         n_bad = int((~torch.isfinite(rewards)).sum())
         if n_bad:
             self._fail(good_state, f"step {step_idx}: reward_fn returned {n_bad} non-finite rewards of {rewards.numel()}")
-        adv = group_advantages(rewards, eps=cfg.adv_eps, group_clip_target=cfg.group_clip_target)
+        adv = group_advantages(rewards, eps=cfg.adv_eps, group_clip_target=cfg.group_clip_target, scale=cfg.adv_scale)
         with torch.no_grad():
             logp_ref = self.reference.log_probs(prompts, tokens).detach()
 
@@ -175,6 +179,7 @@ class GroupPolicyTrainer:
             "kl_after": kl_after,
             "entropy": -masked_mean(logp_old, mask).item(),
             "grad_norm": grad_norm.item(),
+            **dict(getattr(self.reward_fn, "stats", None) or {}),  # e.g. MixedReward: learned part, group hit share
             "stopped_reason": None,
         }
         self.history.append(rec)

@@ -80,17 +80,24 @@ class MixedReward:
         if learned is None and mix.learned_weight > 0:
             raise ValueError("MixedReward: learned_weight > 0 needs a learned reward function")
         self.learned, self.mix = learned, mix
+        self.stats: dict[str, float] = {}  # of the last call; the trainer copies them into its step record
 
     def __call__(self, prompts: dict, tokens: torch.Tensor) -> torch.Tensor:
         b, g = tokens.shape[:2]
         reward = torch.zeros(b, g)
-        if self.mix.learned_weight > 0:
-            reward = reward + self.mix.learned_weight * torch.as_tensor(self.learned(prompts, tokens),
-                                                                        dtype=torch.float32).cpu()
-        if self.mix.verifiable_weight > 0 and "target_sids" in prompts:
+        self.stats = {}
+        if self.mix.learned_weight > 0 or self.learned is not None:
+            learned = torch.as_tensor(self.learned(prompts, tokens), dtype=torch.float32).cpu()
+            reward = reward + self.mix.learned_weight * learned
+            self.stats["reward_learned"] = float(learned.mean())
+        if "target_sids" in prompts:
             has = prompts.get("has_target", torch.ones(b, dtype=torch.bool)).bool().cpu()
             if "synthetic" in prompts:
                 has = has & ~prompts["synthetic"].bool().cpu()
-            verif = verifiable_rewards(tokens.cpu(), prompts["target_sids"].cpu(), has, self.mix)
-            reward = reward + self.mix.verifiable_weight * verif
+            hit = (tokens.cpu().long() == prompts["target_sids"].cpu().long()[:, None, :]).all(-1).any(-1)
+            # share of the real prompts whose group holds the logged item (the verifiable signal's reach)
+            self.stats["group_hit_share"] = float(hit[has].float().mean()) if bool(has.any()) else 0.0
+            if self.mix.verifiable_weight > 0:
+                verif = verifiable_rewards(tokens.cpu(), prompts["target_sids"].cpu(), has, self.mix)
+                reward = reward + self.mix.verifiable_weight * verif
         return reward

@@ -53,3 +53,16 @@ def test_non_finite_rewards_raise_naming_count():
 def test_bad_shapes_raise(shape):
     with pytest.raises(ValueError, match="shape|group size"):
         group_advantages(torch.zeros(shape))
+
+
+def test_unscaled_advantages_keep_the_reward_differences():
+    r = torch.tensor([[1.0, 0.0, 0.0, 0.0], [0.02, 0.01, 0.0, 0.01]])  # a hit; a group of small differences
+    std = group_advantages(r)
+    none = group_advantages(r, scale="none")
+    assert torch.allclose(none, r - r.mean(1, keepdim=True))
+    # standardised, the small-difference group pulls as hard as the hit; unscaled it is 50x weaker
+    assert float(std[1].abs().max()) == pytest.approx(float(std[0].abs().max()) * 0.8165, rel=1e-3)
+    assert none[1].abs().max() * 50 < none[0].abs().max() * 1.01
+    assert group_advantages(torch.ones(2, 3), scale="none").abs().sum() == 0
+    with pytest.raises(ValueError, match="scale"):
+        group_advantages(r, scale="rank")

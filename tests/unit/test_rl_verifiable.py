@@ -42,6 +42,13 @@ def test_mixed_reward_weights_and_synthetic_prompts():
     assert r.flatten().tolist() == pytest.approx([1.5, 0.5, 0.5, 0.5])  # the synthetic row has no logged item
     only_verifiable = MixedReward(None, RewardMix(learned_weight=0.0, rank_penalty=0.0))(prompts, tokens)
     assert only_verifiable.flatten().tolist() == pytest.approx([1.0, 0.0, 0.0, 0.0])
+    # what the trainer copies into its step record: the learned part's mean and the share of real prompts
+    # whose group holds the logged item (the synthetic row does not count)
+    mixed = MixedReward(learned, mix)
+    mixed(prompts, tokens)
+    assert mixed.stats == {"reward_learned": 0.25, "group_hit_share": 1.0}
+    mixed(prompts, tokens[:, [1, 1]])
+    assert mixed.stats["group_hit_share"] == 0.0
     with pytest.raises(ValueError, match="needs a learned"):
         MixedReward(None, RewardMix(learned_weight=1.0))
     with pytest.raises(ValueError, match="both be 0"):
@@ -101,6 +108,7 @@ def test_the_verifiable_reward_raises_the_logged_items_probability(group):
     before = _target_logp(GeneratorPolicy(tiny_model(), SIDTrie.from_codes(catalog(), VOCAB)), encoded_examples(catalog()))
     policy, history, examples = _rl_run(group)
     assert history[-1]["stopped_reason"] == "steps_done"
+    assert all(0.0 <= h["group_hit_share"] <= 1.0 for h in history)  # the reward's stats reach the history
     assert _target_logp(policy, examples) > before + 0.1
 
 
