@@ -212,7 +212,7 @@ def test_after_a_failed_smoke_test_the_client_stays_consistent_with_the_serving_
 
 
 def test_the_canary_can_block_a_promotion(serving_v1, world, tmp_path):
-    (server, v1), v2 = serving_v1, stage(world, tmp_path / "s2", seed=2)
+    (server, _), v2 = serving_v1, stage(world, tmp_path / "s2", seed=2)
     rows = world.online_rows(world.active_users(SCENARIO, 5), SCENARIO).assign(source="replay")
     with pytest.raises(DeployError, match=r"canary overlap@10 0\.\d+ < canary_min_overlap 0\.95") as err:
         run(server, world, v2, canary_frame=rows, policy=RolloutPolicy(canary_min_overlap=0.95))
