@@ -1,9 +1,10 @@
 """Serving: export the serving candidate (the RL policy, or its SFT model when RL did not clear the gate) into a
-Triton model repository version and deploy it atomically.
+self-contained Triton model repository version (its example encoder and SID table travel with it) and roll it out.
 
-``deployed_model`` publishes version N+1 of every model into the repository the server watches, loads it,
-checks that the served recommendations equal the in-process beam search for fixed smoke users, and rolls
-back on any failure, so the served model never breaks.
+``deployed_model`` runs triton_repo/deploy.py: the new version is loaded as a separate candidate model, smoke-tested
+against the in-process beam search, compared with the serving version on the smoke users and replayed recent
+requests (canary: overlap@10 and latency; ``TritonResource.canary_min_overlap`` can block), then promoted; any
+failure rolls back. One deployment at a time (a lock inside deploy, and the Dagster pool ``triton_deploy``).
 """
 
 import shutil
@@ -22,39 +23,49 @@ from dagster import (
 )
 
 from models.decoding import constrained_beam_search
-from models.export import ServingConfig, serving_arrays, write_model_repository
+from models.export import ServingConfig, VersionClient, write_model_repository
+from models.export.version_client import ONLINE_COLUMNS
 from models.export.verify import verify_staged_version
 from models.lightning.generator_data import ExampleEncoder
 from models.lightning.train import load_generator
 from models.semantic_ids import SemanticIdTable
 from models.semantic_ids.trie import SIDTrie
-from orchestration.resources import ArtifactStoreResource, TritonResource
-from orchestration.serving.deploy import deploy
+from orchestration.resources import ArtifactStoreResource, FeatureStoreResource, TritonResource
+from triton_repo.deploy import deploy
+from triton_repo.recommend import REQUEST_LOG, online_rows
+from triton_repo.request_log import RequestLog
 
 from ._metadata import md
 
 GROUP = "serving"
+DEPLOY_POOL = "triton_deploy"  # Dagster concurrency pool: one deployment at a time across runs (dagster.yaml)
 SMOKE_USERS = 8
 SMOKE_BEAM, SMOKE_TOP_K = 20, 10
+GENERATE = "oxygenrec_generate"
 
 
 # serving_candidate is the RL policy or its SFT model (whichever the paired gate prefers), and the SFT model was
 # itself gated (sft_beats_baseline) before RL started from it
-@asset(group_name=GROUP, kinds={"onnx", "triton"}, code_version="3")
+@asset(group_name=GROUP, kinds={"onnx", "triton"}, code_version="4")
 def triton_model_repository(
     context: AssetExecutionContext, serving_candidate: dict, item_semantic_ids: pd.DataFrame,
     artifacts: ArtifactStoreResource,
 ) -> dict:
-    """The serving candidate exported to ONNX and rendered into a staged Triton repository version (not yet served)."""
+    """The serving candidate exported to ONNX and rendered into a staged Triton repository version (not yet served),
+    with the example encoder and SID table its clients need (client.json, sid_codes.npy)."""
     sid_table = SemanticIdTable.from_frame(item_semantic_ids)
     model = load_generator(serving_candidate["checkpoint"])
+    encoder = ExampleEncoder.load(serving_candidate["encoder"], sid_table)
     trie = SIDTrie.from_codes(sid_table.codes, sid_table.vocab_sizes)
     staged = artifacts.asset_dir("triton_model_repository") / "staged"
     shutil.rmtree(staged, ignore_errors=True)  # staging only: the served repository is never touched here
-    paths = write_model_repository(staged, 1, model, trie, sid_table.item_ids, ServingConfig())
+    paths = write_model_repository(staged, 1, model, trie, sid_table.item_ids, ServingConfig(), encoder=encoder)
+    client = VersionClient.load(paths[GENERATE])
     context.add_output_metadata({"staged": str(staged), "source_checkpoint": serving_candidate["checkpoint"],
                                  "served": serving_candidate["served"],
                                  "algorithm": serving_candidate.get("algorithm", ""),
+                                 "codebook_version": client.sid_table.codebook_version,
+                                 "sid_table_sha256": client.sid_sha256[:16],
                                  "models": MetadataValue.json({k: str(v) for k, v in paths.items()})})
     return {"staged": str(staged), "checkpoint": serving_candidate["checkpoint"], "encoder": serving_candidate["encoder"],
             "served": serving_candidate["served"], "generator_config": model.cfg.to_dict()}
@@ -68,10 +79,11 @@ def load_exported(manifest: dict, item_semantic_ids: pd.DataFrame):
     return sid_table, model, encoder, SIDTrie.from_codes(sid_table.codes, sid_table.vocab_sizes)
 
 
-def smoke_inputs(training_examples: pd.DataFrame, encoder: ExampleEncoder, model) -> tuple[pd.DataFrame, dict]:
-    """The fixed smoke users (first test examples) and their serving input arrays."""
+def smoke_inputs(training_examples: pd.DataFrame, staged: str) -> tuple[pd.DataFrame, dict]:
+    """The fixed smoke users (first test examples) and their input arrays, built from the staged version's own
+    client metadata (what every client of that version will use)."""
     smoke = training_examples[training_examples["split"] == "test"].head(SMOKE_USERS).reset_index(drop=True)
-    return smoke, serving_arrays(encoder.encode(smoke, targets=False), model.cfg)
+    return smoke, VersionClient.load(f"{staged}/{GENERATE}/1").inputs(smoke)
 
 
 @asset_check(asset=triton_model_repository, blocking=True,
@@ -82,7 +94,7 @@ def exported_model_parity(
     triton_model_repository: dict, training_examples: pd.DataFrame, item_semantic_ids: pd.DataFrame
 ) -> AssetCheckResult:
     sid_table, model, encoder, trie = load_exported(triton_model_repository, item_semantic_ids)
-    _, arrays = smoke_inputs(training_examples, encoder, model)
+    _, arrays = smoke_inputs(training_examples, triton_model_repository["staged"])
     report = verify_staged_version(triton_model_repository["staged"], 1, model, trie, arrays, SMOKE_BEAM, SMOKE_TOP_K)
     return AssetCheckResult(
         passed=report.passed,
@@ -94,29 +106,46 @@ def exported_model_parity(
     )
 
 
-@asset(group_name=GROUP, kinds={"triton"}, code_version="1")
+def canary_rows(smoke: pd.DataFrame, artifacts: ArtifactStoreResource, feature_store: FeatureStoreResource,
+                replay: int) -> pd.DataFrame:
+    """The canary's requests: the smoke users (their example's features) and the ``replay`` most recent served
+    requests of the request log (their current online features), one row each."""
+    columns = ["user_id", "scenario", *ONLINE_COLUMNS]
+    rows = [smoke[columns].assign(source="smoke")]
+    recent = RequestLog(artifacts.asset_dir(REQUEST_LOG.parts[0]) / REQUEST_LOG.name).recent(replay)
+    if recent:
+        requests = pd.DataFrame(recent)[["user_id", "scenario"]].drop_duplicates(keep="last").reset_index(drop=True)
+        replayed = online_rows(feature_store.store(), requests)
+        rows.append(replayed[columns].assign(source="replay"))
+    return pd.concat(rows, ignore_index=True)
+
+
+@asset(group_name=GROUP, kinds={"triton"}, code_version="2", pool=DEPLOY_POOL)
 def deployed_model(
     context: AssetExecutionContext,
     triton_model_repository: dict,
     training_examples: pd.DataFrame,
     item_semantic_ids: pd.DataFrame,
     triton: TritonResource,
+    artifacts: ArtifactStoreResource,
+    feature_store: FeatureStoreResource,
 ) -> dict:
-    """Version N+1 served by Triton after a passing smoke test, or the previous version kept (rollback)."""
+    """Version N+1 served by Triton after passing its smoke test and canary, or version N kept (rollback)."""
     sid_table, model, encoder, trie = load_exported(triton_model_repository, item_semantic_ids)
-    smoke, arrays = smoke_inputs(training_examples, encoder, model)
+    smoke, arrays = smoke_inputs(training_examples, triton_model_repository["staged"])
     expected, _ = constrained_beam_search(
         model, {k: torch.from_numpy(np.asarray(v)) for k, v in arrays.items()}, trie, SMOKE_BEAM, SMOKE_TOP_K
     )
-    control = triton.control()
-    try:
-        result = deploy(control, triton.url, triton.repository_path(), triton_model_repository["staged"], arrays,
-                        expected.numpy(), SMOKE_BEAM, SMOKE_TOP_K)
-    finally:
-        control.close()
+    canary = canary_rows(smoke, artifacts, feature_store, triton.canary_replay)
+    result = deploy(triton.control(), triton.url, triton.repository_path(), triton_model_repository["staged"], arrays,
+                    expected.numpy(), SMOKE_BEAM, SMOKE_TOP_K, canary_frame=canary, policy=triton.policy(),
+                    on_step=lambda step: context.log.info(f"deploy: {step}"))
+    for warning in result.warnings:
+        context.log.warning(f"deploy: {warning}")
     items = sid_table.item_ids[expected.numpy().clip(0)]
     preview = pd.DataFrame({"user_id": smoke["user_id"], "scenario": smoke["scenario"],
                             "served top-3": [", ".join(row[:3]) for row in items]})
+    report = result.canary or {}
     context.add_output_metadata(
         {
             "url": triton.url,
@@ -125,6 +154,11 @@ def deployed_model(
             "load_seconds": MetadataValue.json({k: round(v, 2) for k, v in result.load_seconds.items()}),
             "smoke_users": result.smoke_users,
             "smoke_preview": md(preview),
+            "canary_overlap@10": report.get("overlap@10") if report.get("overlap@10") is not None else "n/a",
+            "canary": MetadataValue.json(report or {"skipped": "first deployment: no serving version to compare"}),
+            "pruned_versions": MetadataValue.json(result.pruned),
+            "steps_seconds": MetadataValue.json(dict(result.steps)),
         }
     )
-    return {"url": triton.url, "repository": str(triton.repository_path()), "versions": result.versions}
+    return {"url": triton.url, "repository": str(triton.repository_path()), "versions": result.versions,
+            "canary": report}

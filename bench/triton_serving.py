@@ -43,7 +43,7 @@ from models.decoding import constrained_beam_search  # noqa: E402
 from models.export import MODELS, ServingConfig, interface, load_runtime, serving_arrays, write_model_repository  # noqa: E402
 from models.nn import GeneratorConfig, OxygenGenerator  # noqa: E402
 from models.semantic_ids.trie import SIDTrie  # noqa: E402
-from orchestration.serving import TritonRecommender, TritonServer, ensure_tritonserver  # noqa: E402
+from triton_repo import TritonRecommender, TritonServer, ensure_tritonserver  # noqa: E402
 
 
 def stats(ts_ms: list[float], users_per_call: int) -> dict:

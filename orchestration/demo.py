@@ -75,7 +75,7 @@ def recommend_for_a_few_users(recommender, server_url: str, users_per_scenario: 
     settings = current_settings()
     log = pd.read_parquet(settings.data_root / "interaction_log" / "_.parquet",
                           columns=["user_id", "scenario", "timestamp"]).sort_values("timestamp")
-    shown = [s for s in scenarios if s in recommender.encoder.scenarios] or list(recommender.encoder.scenarios)[:3]
+    shown = [s for s in scenarios if s in recommender.scenarios] or list(recommender.scenarios)[:3]
     for scenario in shown:
         # the users most recently active in this scenario: their instructions say the most
         recent = log.loc[log["scenario"] == scenario, "user_id"].drop_duplicates(keep="last")
@@ -94,8 +94,8 @@ def run_with_local_triton(instance: DagsterInstance, users_per_scenario: int = 1
     (SFT -> RL -> export -> deploy, every gate), then recommendations served by Triton for a few users."""
     from .definitions import build_definitions
     from .resources import TritonResource
-    from .serving import TritonServer, ensure_tritonserver
-    from .serving.recommend import Recommender
+    from triton_repo import TritonServer, ensure_tritonserver
+    from triton_repo.recommend import Recommender
 
     settings = current_settings()
     results = run_pipeline(instance, raise_on_error=False, stages=("ingest", "daily_instructions"))

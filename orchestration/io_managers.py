@@ -7,15 +7,14 @@ Layout: ``<root>/<asset key path>/<partition or "_">.<ext>`` where the format fo
 - ``dict`` of numpy arrays        -> ``.npz``   (loaded with ``allow_pickle=False``)
 - other ``dict`` / ``list``       -> ``.json``  (manifests: paths, parameters, metrics)
 
-Values are written to a temporary file and renamed into place, so a crash never leaves a half-written
-artifact and a failed run leaves the previous good file untouched. Nothing is pickled.
+Values are written through ``models.artifacts.atomic_write`` (temporary file, fsync, rename, fsync of the
+directory), so a crash never leaves a half-written artifact and a failed run leaves the previous good file
+untouched. Nothing is pickled.
 """
 
 from __future__ import annotations
 
 import json
-import os
-import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -23,22 +22,11 @@ import numpy as np
 import pandas as pd
 from dagster import ConfigurableIOManager, InputContext, OutputContext
 
+from models.artifacts import atomic_write, atomic_write_json
+
 from .settings import resolve_path
 
 _EXTENSIONS = (".parquet", ".npz", ".npy", ".json")
-
-
-def atomic_write(path: Path, write) -> None:
-    """Call ``write(tmp_path)`` then rename onto ``path`` (same directory, so the rename is atomic)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
-        write(Path(tmp))
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
 
 
 def write_value(base: Path, value: Any) -> Path:
@@ -47,13 +35,13 @@ def write_value(base: Path, value: Any) -> Path:
         atomic_write(path, lambda p: value.to_parquet(p, index=False))
     elif isinstance(value, np.ndarray):
         path = base.with_suffix(".npy")
-        atomic_write(path, lambda p: np.save(open(p, "wb"), value, allow_pickle=False))
+        atomic_write(path, lambda p: np.save(p, value, allow_pickle=False))
     elif isinstance(value, dict) and value and all(isinstance(v, np.ndarray) for v in value.values()):
         path = base.with_suffix(".npz")
-        atomic_write(path, lambda p: np.savez(open(p, "wb"), **value))
+        atomic_write(path, lambda p: np.savez(p, **value))
     elif isinstance(value, (dict, list)):
         path = base.with_suffix(".json")
-        atomic_write(path, lambda p: p.write_text(json.dumps(value, indent=2, sort_keys=True, default=str)))
+        atomic_write_json(path, value, indent=2, sort_keys=True, default=str)
     else:
         raise TypeError(f"cannot store a {type(value).__name__}: return a DataFrame, ndarray, dict or list")
     # Only one format per artifact: drop a stale file of another type left by an older code version.

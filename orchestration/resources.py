@@ -154,23 +154,35 @@ class FeatureStoreResource(ConfigurableResource):
 
 
 class TritonResource(ConfigurableResource):
-    """Where models are served: the server's HTTP endpoint and the model repository it was started on.
+    """Where models are served: the server's HTTP endpoint and the model repository it was started on, and how
+    a new version is rolled out to it (triton_repo/deploy.py).
 
-    Local default: ``127.0.0.1:8000`` over ``<data>/triton_repository`` (``make serve`` starts it). Production:
-    the URL of a Triton on GPU nodes whose ``--model-repository`` is the same path on a shared volume.
+    Local default: ``127.0.0.1:8000`` (``$OXYREC_TRITON_URL``) over ``<data>/triton_repository`` (``make serve``
+    starts it). Production: the URL of a Triton on GPU nodes whose ``--model-repository`` is the same path on a
+    shared volume.
     """
 
     url: str = "127.0.0.1:8000"
     repository: str = "data/triton_repository"
     load_timeout_s: float = 300.0
+    keep_versions: int = 3  # version directories kept per model after a promotion
+    canary_min_overlap: float | None = None  # block a promotion below this overlap@10 with the serving version
+    canary_replay: int = 64  # recent served requests the canary replays (plus the smoke users)
+    lock_timeout_s: float = 0.0  # wait for a running deployment this long (0: fail at once)
 
     def repository_path(self) -> Path:
         return resolve_path(self.repository)
 
     def control(self):
-        from .serving.deploy import ModelControl
+        from triton_repo.server import ModelControl
 
-        return ModelControl(self.url, timeout=self.load_timeout_s)
+        return ModelControl(self.url, load_timeout=self.load_timeout_s)
+
+    def policy(self):
+        from triton_repo.deploy import RolloutPolicy
+
+        return RolloutPolicy(keep_versions=self.keep_versions, canary_min_overlap=self.canary_min_overlap,
+                             lock_timeout_s=self.lock_timeout_s)
 
 
 class ArtifactStoreResource(ConfigurableResource):

@@ -40,6 +40,8 @@ import numpy as np
 import pandas as pd
 import torch
 
+from models.artifacts import atomic_write, atomic_write_json
+
 from .rq_kmeans import RQKMeansConfig, as_float32_matrix, fit_rq_kmeans, rq_encode
 
 __all__ = [
@@ -401,14 +403,15 @@ class SemanticIdCodebook:
         return stem.with_name(stem.name + ".npz"), stem.with_name(stem.name + ".json")
 
     def save(self, path) -> tuple[Path, Path]:
-        """Write <stem>.npz (arrays) + <stem>.json (metadata). Returns both paths."""
+        """Write <stem>.npz (arrays) + <stem>.json (metadata), each crash-safe (models.artifacts: temp file, fsync,
+        rename), the json last: rewriting a reused codebook in place never leaves a truncated file. Returns both
+        paths."""
         npz_path, json_path = self._paths(path)
-        npz_path.parent.mkdir(parents=True, exist_ok=True)
         arrays = {f"centroids_{l}": c for l, c in enumerate(self.centroids)}
         arrays.update({f"fit_usage_{l}": u for l, u in enumerate(self.fit_usage)})
         arrays["fit_level_mse"] = self.fit_level_mse
         arrays["emb_mean"] = self.emb_mean
-        np.savez(npz_path, **arrays)
+        atomic_write(npz_path, lambda tmp: np.savez(tmp, **arrays))
         meta = {
             "format": "oxyrec.semantic_id_codebook",
             "format_version": FORMAT_VERSION,
@@ -424,7 +427,7 @@ class SemanticIdCodebook:
             "arrays": sorted(arrays),
             "npz_file": npz_path.name,
         }
-        json_path.write_text(json.dumps(meta, indent=2, sort_keys=True))
+        atomic_write_json(json_path, meta, indent=2, sort_keys=True)
         return npz_path, json_path
 
     @classmethod

@@ -217,7 +217,7 @@ def test_the_gate_refuses_an_untrained_model_and_nothing_downstream_runs(trained
 
 def check_client_path(root, server):
     """The client path of `oxyrec recommend`: Feast online features -> encoder -> Triton, HTTP and gRPC."""
-    from orchestration.serving.recommend import Recommender
+    from triton_repo.recommend import Recommender
 
     catalog = set(pd.read_parquet(root / "item_semantic_ids" / "_.parquet")["item_id"])
     user = pd.read_parquet(root / "interaction_log" / "_.parquet")["user_id"].iloc[0]
@@ -237,7 +237,7 @@ def check_client_path(root, server):
 def test_deploy_serves_in_process_answers_and_rolls_back_a_broken_version(trained, tmp_path):
     from models.export.repository import MODELS, list_versions
     from orchestration.resources import TritonResource
-    from orchestration.serving import TritonServer, ensure_tritonserver
+    from triton_repo import TritonServer, ensure_tritonserver
 
     root = trained
     repo = root / "triton_repository"

@@ -14,7 +14,7 @@ import torch
 from models.export import MODELS, ServingConfig, write_model_repository
 from models.nn import GeneratorConfig, OxygenGenerator
 from models.semantic_ids.trie import SIDTrie
-from orchestration.serving import TritonServer, ensure_tritonserver
+from triton_repo import TritonServer, ensure_tritonserver
 
 VOCAB = (16, 16, 16, 4)
 
@@ -74,3 +74,48 @@ def served(tmp_path_factory, triton_home):
     finally:
         server.stop()
         torch.set_num_threads(n_threads)
+
+
+# ------------------------------------------------------------------------------ a serving world (Feast + encoder)
+@dataclass
+class Staged:
+    """A staged version: its directory (staged/<model>/1), the in-process model and trie, its client metadata."""
+
+    root: Path
+    model: OxygenGenerator
+    trie: SIDTrie
+    client: object  # models.export.VersionClient
+
+
+@pytest.fixture(scope="session")
+def world(tmp_path_factory):
+    """A real Feast store (SQLite online) over a small synthetic world, and an example encoder fitted on it
+    (bench/serving_world.py); shared by every serving test of the session."""
+    from bench.serving_world import ServingWorldConfig, build_serving_world
+
+    n_threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield build_serving_world(tmp_path_factory.mktemp("serving_world") / "data",
+                                  ServingWorldConfig(n_users=60, n_items=400))
+    finally:
+        torch.set_num_threads(n_threads)
+
+
+def stage(world, out: Path, seed: int) -> Staged:
+    """Stage version 1 of a random generator (``seed``) with ``world``'s encoder and SID table under ``out``."""
+    from models.export import VersionClient
+
+    root, model, trie = world.export(out, seed=seed,
+                                     serving=ServingConfig(max_batch_size=8, max_queue_delay_us=200))
+    return Staged(root, model, trie, VersionClient.load(root / "oxygenrec_generate" / "1"))
+
+
+def in_process(staged: Staged, arrays: dict, beam: int = 20, top_k: int = 10) -> np.ndarray:
+    """The staged model's own answer (catalog rows) for encoder arrays."""
+    from models.decoding import constrained_beam_search
+
+    with torch.no_grad():
+        items, _ = constrained_beam_search(staged.model, {k: torch.from_numpy(v) for k, v in arrays.items()},
+                                           staged.trie, beam, top_k)
+    return items.numpy()

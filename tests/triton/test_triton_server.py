@@ -18,7 +18,7 @@ from tritonclient.utils import InferenceServerException
 
 from models.decoding import constrained_beam_search
 from models.export import ENCODER_OUTPUTS, example_batch, list_versions, publish_version, remove_version, serving_arrays
-from orchestration.serving import TritonRecommender, TritonServerError
+from triton_repo import TritonRecommender, TritonServerError
 
 
 def _inputs(served, b: int, seed: int) -> dict[str, np.ndarray]:
@@ -174,7 +174,7 @@ def test_server_binds_loopback_only_and_stub_uses_the_venv_libpython(served):
 
 
 def test_install_is_idempotent_and_fails_clearly_without_pypi(triton_home, tmp_path, monkeypatch):
-    from orchestration.serving import TritonInstallError, ensure_tritonserver
+    from triton_repo import TritonInstallError, ensure_tritonserver
 
     assert ensure_tritonserver() == triton_home  # already installed: no download, same home
     assert (triton_home / "backends" / "python" / "triton_python_backend_stub").is_file()

@@ -22,11 +22,21 @@ import sys
 import zipfile
 from pathlib import Path
 
-__all__ = ["PYTRITON_VERSION", "TritonInstallError", "ensure_tritonserver", "tritonserver_binary"]
+from models.artifacts import atomic_write_text
+
+__all__ = ["PYTRITON_VERSION", "TritonInstallError", "default_dest", "ensure_tritonserver", "tritonserver_binary"]
 
 PYTRITON_VERSION = "0.7.0"
 _MARKER = ".oxyrec-installed"
-_ROOT = Path(__file__).resolve().parents[2]
+_ROOT = Path(__file__).resolve().parents[1]
+
+
+def default_dest() -> Path:
+    """``<venv>/triton`` of the running interpreter's venv (every clone using the venv shares one download);
+    ``<project>/.venv/triton`` when Python runs outside a venv."""
+    if sys.prefix != sys.base_prefix:
+        return Path(sys.prefix) / "triton"
+    return _ROOT / ".venv" / "triton"
 
 
 class TritonInstallError(RuntimeError):
@@ -56,9 +66,10 @@ def _download(wheels: Path) -> Path:
     return found[-1]
 
 
-def ensure_tritonserver(dest: str | os.PathLike = _ROOT / ".venv" / "triton") -> Path:
-    """Return the tritonserver home (``.../pytriton/tritonserver``), downloading and unpacking it once."""
-    dest = Path(dest).resolve()
+def ensure_tritonserver(dest: str | os.PathLike | None = None) -> Path:
+    """Return the tritonserver home (``.../pytriton/tritonserver``), downloading and unpacking it once into
+    ``dest`` (default :func:`default_dest`)."""
+    dest = Path(dest if dest is not None else default_dest()).resolve()
     home = dest / "pytriton" / "tritonserver"
     if (dest / _MARKER).exists() and tritonserver_binary(home).exists():
         return home
@@ -91,7 +102,7 @@ def ensure_tritonserver(dest: str | os.PathLike = _ROOT / ".venv" / "triton") ->
         shutil.rmtree(dest / sub, ignore_errors=True)
         os.replace(staging / sub, dest / sub)
     shutil.rmtree(staging, ignore_errors=True)
-    (dest / _MARKER).write_text(f"nvidia-pytriton=={PYTRITON_VERSION}\n{wheel.name}\n")
+    atomic_write_text(dest / _MARKER, f"nvidia-pytriton=={PYTRITON_VERSION}\n{wheel.name}\n")
     return home
 
 

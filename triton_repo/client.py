@@ -7,14 +7,18 @@ encoder's nine arrays (see models/export/onnx_export.serving_arrays): the Triton
         items, scores = rec.recommend(arrays, beam_width=64, top_k=20)     # [B, 20] catalog rows, log-probs
         ids = rec.last_item_ids                                            # [[str]] decoded from UTF-8 bytes
 
-Batches larger than the model's max_batch_size are split into several requests.
+Batches larger than the model's max_batch_size are split into several requests. ``version`` pins every request
+to one model version ("" = Triton's choice, i.e. the highest loaded version); :meth:`serving_version` asks the
+server which version clients must address (the ``SERVING_VERSION`` parameter the deployment sets in the model's
+config, else the highest loaded version). Every answer's ``model_version`` is checked against the pinned version
+(``last_version`` holds it).
 """
 
 from __future__ import annotations
 
 import numpy as np
 
-__all__ = ["TritonRecommender", "GENERATE_INPUTS"]
+__all__ = ["TritonRecommender", "GENERATE_INPUTS", "ServingVersionError"]
 
 GENERATE_INPUTS = ("scenario", "profile", "profile_mask", "instruction_emb", "has_instruction",
                    "short_sids", "short_mask", "long_sids", "long_mask")
@@ -23,6 +27,12 @@ _DTYPES = {"scenario": (np.int64, "INT64"), "profile": (np.int64, "INT64"), "pro
            "short_sids": (np.int64, "INT64"), "short_mask": (np.bool_, "BOOL"), "long_sids": (np.int64, "INT64"),
            "long_mask": (np.bool_, "BOOL"), "beam_width": (np.int32, "INT32"), "top_k": (np.int32, "INT32")}
 _OUTPUTS = ("item_index", "score", "item_id")
+# = models.export.repository.SERVING_PARAM / SERVING_SHA_PARAM (no models import in the client)
+SERVING_PARAM, SERVING_SHA_PARAM = "SERVING_VERSION", "SERVING_MANIFEST_SHA256"
+
+
+class ServingVersionError(RuntimeError):
+    """The server cannot say which version serves, or answered from another version than the one asked for."""
 
 
 class TritonRecommender:
@@ -42,6 +52,7 @@ class TritonRecommender:
         self._tc = tc
         self._max_batch: int | None = None
         self.last_item_ids: list[list[str]] = []
+        self.last_version: str = ""
 
     # ------------------------------------------------------------------ lifecycle
     def close(self) -> None:
@@ -61,6 +72,31 @@ class TritonRecommender:
         except Exception:  # noqa: BLE001
             pass
 
+    def serving(self) -> tuple[int, str | None]:
+        """(version, manifest sha256 or None) clients must address: ``SERVING_VERSION`` and
+        ``SERVING_MANIFEST_SHA256`` from the model's loaded config, else the highest version Triton has loaded
+        (no identity). ServingVersionError when the model is not loaded."""
+        from tritonclient.utils import InferenceServerException
+
+        try:
+            if self.protocol == "http":
+                params = {k: v.get("string_value", "") for k, v in
+                          self._client.get_model_config(self.model).get("parameters", {}).items()}
+            else:
+                params = {k: v.string_value for k, v in self._client.get_model_config(self.model).config.parameters.items()}
+            if params.get(SERVING_PARAM):
+                return int(params[SERVING_PARAM]), params.get(SERVING_SHA_PARAM) or None
+            meta = self._client.get_model_metadata(self.model)
+            versions = meta.get("versions", []) if self.protocol == "http" else list(meta.versions)
+        except InferenceServerException as e:
+            raise ServingVersionError(f"{self.model!r} is not served at {self.url}: {e}") from e
+        if not versions:
+            raise ServingVersionError(f"{self.model!r} at {self.url} has no loaded version")
+        return max(int(v) for v in versions), None
+
+    def serving_version(self) -> int:
+        return self.serving()[0]
+
     @property
     def max_batch_size(self) -> int:
         if self._max_batch is None:
@@ -71,7 +107,7 @@ class TritonRecommender:
         return self._max_batch
 
     # ------------------------------------------------------------------ inference
-    def _request(self, arrays: dict[str, np.ndarray]):
+    def _request(self, arrays: dict[str, np.ndarray], version: str):
         tc = self._tc
         inputs = []
         for name, arr in arrays.items():
@@ -83,14 +119,24 @@ class TritonRecommender:
             inputs.append(inp)
         if self.protocol == "http":
             outputs = [tc.InferRequestedOutput(n, binary_data=True) for n in _OUTPUTS]
-            return self._client.infer(self.model, inputs, model_version=self.version, outputs=outputs)
-        outputs = [tc.InferRequestedOutput(n) for n in _OUTPUTS]
-        return self._client.infer(self.model, inputs, model_version=self.version, outputs=outputs,
-                                  client_timeout=self.timeout)
+            res = self._client.infer(self.model, inputs, model_version=version, outputs=outputs)
+            answered = str(res.get_response().get("model_version", ""))
+        else:
+            outputs = [tc.InferRequestedOutput(n) for n in _OUTPUTS]
+            res = self._client.infer(self.model, inputs, model_version=version, outputs=outputs,
+                                     client_timeout=self.timeout)
+            answered = str(res.get_response().model_version)
+        if version and answered != version:
+            raise ServingVersionError(f"asked {self.model!r} version {version}, version {answered!r} answered")
+        self.last_version = answered
+        return res
 
-    def recommend(self, batch_arrays: dict, beam_width: int, top_k: int) -> tuple[np.ndarray, np.ndarray]:
+    def recommend(self, batch_arrays: dict, beam_width: int, top_k: int,
+                  version: int | str | None = None) -> tuple[np.ndarray, np.ndarray]:
         """(item_indices Int64[B, top_k] (catalog rows, -1 = none), scores Float32[B, top_k] log-probs), best first.
-        ``batch_arrays``: the nine encoder arrays for B users (numpy or torch); ids land in ``last_item_ids``."""
+        ``batch_arrays``: the nine encoder arrays for B users (numpy or torch); ids land in ``last_item_ids``.
+        ``version`` overrides the client's pinned version for this call."""
+        version = self.version if version is None else str(version)
         if self._client is None:
             raise RuntimeError("TritonRecommender is closed")
         missing = [k for k in GENERATE_INPUTS if k not in batch_arrays]
@@ -109,7 +155,7 @@ class TritonRecommender:
         items, scores, ids = [], [], []
         step = self.max_batch_size
         for s in range(0, b, step):
-            res = self._request({k: np.ascontiguousarray(v[s : s + step]) for k, v in arrays.items()})
+            res = self._request({k: np.ascontiguousarray(v[s : s + step]) for k, v in arrays.items()}, version)
             items.append(res.as_numpy("item_index"))
             scores.append(res.as_numpy("score"))
             raw = res.as_numpy("item_id")

@@ -5,8 +5,9 @@ failed load must not make the whole server unready), bound to 127.0.0.1 by defau
 ``bin`` first (the python backend stub finds the interpreter, numpy 2, torch and onnxruntime through
 ``python3`` on PATH), LD_LIBRARY_PATH = the running Python's LIBDIR (else the stub can pick Debian's
 libpython and hang), its own process group (``start_new_session``), a log file, and a readiness deadline
-that fails with the log tail. Model control goes through plain urllib calls (no keep-alive connection that
-would hold shutdown until --exit-timeout-secs); ``stop()`` sends SIGTERM to the group, waits, kills if needed.
+that fails with the log tail. Model control (:class:`ModelControl`, also usable on its own against any
+server URL) goes through plain urllib calls (no keep-alive connection that would hold shutdown until
+--exit-timeout-secs); ``stop()`` sends SIGTERM to the group, waits, kills if needed.
 
     with TritonServer(repo) as server:          # http_port=0 / grpc_port=0 pick free ports
         server.load("oxygenrec_generate")
@@ -31,7 +32,7 @@ from pathlib import Path
 
 from .install import ensure_tritonserver, tritonserver_binary
 
-__all__ = ["TritonServer", "TritonServerError", "free_port"]
+__all__ = ["ModelControl", "TritonServer", "TritonServerError", "free_port"]
 
 
 class TritonServerError(RuntimeError):
@@ -44,7 +45,114 @@ def free_port(host: str = "127.0.0.1") -> int:
         return s.getsockname()[1]
 
 
-class TritonServer:
+class ModelControl:
+    """Triton's model-control and statistics API at ``http_url`` (host:port), one short urllib call each."""
+
+    def __init__(self, http_url: str, load_timeout: float = 300.0) -> None:
+        self._url = http_url
+        self.load_timeout = load_timeout
+
+    @property
+    def http_url(self) -> str:
+        return self._url
+
+    def _require_running(self) -> None:
+        pass
+
+    def _diagnostics(self) -> str:
+        return ""
+
+    # ------------------------------------------------------------------ models
+    def load(self, model: str) -> float:
+        """Load (or reload, which picks up new versions) ``model``; returns the seconds taken. Raises
+        TritonServerError with Triton's message (e.g. "version 2 is at UNAVAILABLE state: ...")."""
+        self._require_running()
+        t0 = time.perf_counter()
+        status, body = self._post(f"/v2/repository/models/{model}/load", self.load_timeout)
+        if status != 200:
+            raise TritonServerError(f"loading {model!r} failed (HTTP {status}): {_error_text(body)}{self._diagnostics()}")
+        return time.perf_counter() - t0
+
+    def load_all(self, models) -> dict[str, float]:
+        """Load several models concurrently (Triton loads them in parallel); {model: seconds}. Every load is
+        awaited before the first error is raised."""
+        models = list(models)
+        with ThreadPoolExecutor(max_workers=max(1, len(models))) as pool:
+            futures = [pool.submit(self.load, m) for m in models]
+        errors = [f.exception() for f in futures if f.exception() is not None]
+        if errors:
+            raise errors[0]
+        return {m: f.result() for m, f in zip(models, futures)}
+
+    def unload(self, model: str) -> None:
+        self._require_running()
+        status, body = self._post(f"/v2/repository/models/{model}/unload", 30.0)
+        if status != 200:
+            raise TritonServerError(f"unloading {model!r} failed (HTTP {status}): {_error_text(body)}")
+
+    def model_ready(self, model: str, version: str | int = "") -> bool:
+        path = f"/v2/models/{model}" + (f"/versions/{version}" if version != "" else "") + "/ready"
+        return self._get(path) == 200
+
+    def server_live(self) -> bool:
+        return self._get("/v2/health/live") == 200
+
+    def model_versions(self, model: str) -> dict[str, str]:
+        """{version: state} from the repository index, e.g. {"1": "READY", "2": "UNAVAILABLE"}."""
+        self._require_running()
+        status, body = self._post("/v2/repository/index", 30.0)
+        if status != 200:
+            raise TritonServerError(f"repository index failed (HTTP {status}): {_error_text(body)}")
+        return {e["version"]: e.get("state", "") for e in json.loads(body or b"[]")
+                if e.get("name") == model and "version" in e}
+
+    def statistics(self, model: str) -> dict:
+        """Raw /v2/models/<model>/stats JSON (per version: inference_count, execution_count, inference_stats...)."""
+        self._require_running()
+        try:
+            with urllib.request.urlopen(f"http://{self.http_url}/v2/models/{model}/stats", timeout=10) as r:
+                return json.loads(r.read())
+        except urllib.error.HTTPError as e:
+            raise TritonServerError(f"stats of {model!r} failed (HTTP {e.code}): {_error_text(e.read())}") from e
+
+    def inference_stats(self, model: str) -> dict[str, dict[str, int]]:
+        """Cumulative server-side counters of ``model`` (all versions summed): {"success"|"queue"|"compute_input"|
+        "compute_infer"|"compute_output": {"count", "ns"}}, plus {"batching": {"inference_count",
+        "execution_count"}} (fewer executions than inferences = requests were batched together)."""
+        body = self.statistics(model)
+        out: dict[str, dict[str, int]] = {"batching": {"inference_count": 0, "execution_count": 0}}
+        for entry in body.get("model_stats", []):
+            out["batching"]["inference_count"] += int(entry.get("inference_count", 0))
+            out["batching"]["execution_count"] += int(entry.get("execution_count", 0))
+            for key, val in entry.get("inference_stats", {}).items():
+                acc = out.setdefault(key, {"count": 0, "ns": 0})
+                acc["count"] += int(val.get("count", 0))
+                acc["ns"] += int(val.get("ns", 0))
+        return out
+
+    # Plain urllib (one connection per call, closed at once): no keep-alive connection can hold shutdown.
+    def _get(self, path: str) -> int | None:
+        try:
+            with urllib.request.urlopen(f"http://{self.http_url}{path}", timeout=2) as r:
+                return r.status
+        except urllib.error.HTTPError as e:
+            return e.code
+        except (urllib.error.URLError, ConnectionError, OSError):
+            return None
+
+    def _post(self, path: str, timeout: float) -> tuple[int, bytes]:
+        req = urllib.request.Request(f"http://{self.http_url}{path}", data=b"{}", method="POST",
+                                     headers={"Content-Type": "application/json"})
+        try:
+            with urllib.request.urlopen(req, timeout=timeout) as r:
+                return r.status, r.read()
+        except urllib.error.HTTPError as e:
+            return e.code, e.read()
+        except (urllib.error.URLError, ConnectionError, OSError) as e:
+            raise TritonServerError(f"POST {path} to {self.http_url} failed: {e}{self._diagnostics()}") from e
+
+
+class TritonServer(ModelControl):
     def __init__(
         self,
         repo: str | os.PathLike,
@@ -67,8 +175,9 @@ class TritonServer:
         if self.grpc_port == self.http_port:
             raise ValueError(f"http_port and grpc_port must differ, both are {self.http_port}")
         self.home = Path(home) if home is not None else None
+        self.load_timeout = load_timeout
         self.log_path = Path(log_path) if log_path else Path(tempfile.mkdtemp(prefix="tritonserver-")) / "triton.log"
-        self.startup_timeout, self.load_timeout, self.exit_timeout_secs = startup_timeout, load_timeout, exit_timeout_secs
+        self.startup_timeout, self.exit_timeout_secs = startup_timeout, exit_timeout_secs
         self.extra_args = tuple(extra_args)
         self.proc: subprocess.Popen | None = None
         self._log = None
@@ -146,13 +255,17 @@ class TritonServer:
             return None
         timeout = self.exit_timeout_secs + 5.0 if timeout is None else timeout
         code = self.proc.poll()
-        if code is None:  # signal the group only while its leader (our child) is alive: no pid-reuse accidents
+        if code is None:
             self._signal(signal.SIGTERM)
             try:
                 code = self.proc.wait(timeout)
             except subprocess.TimeoutExpired:
                 self._signal(signal.SIGKILL)  # the server and its stubs
                 code = self.proc.wait(10)
+        else:
+            # the server died on its own: its python stubs (same process group, pgid = the dead leader's pid, which
+            # cannot be reused as a group id while they live) would be orphaned
+            self._signal(signal.SIGKILL)
         self._cleanup()
         return code
 
@@ -175,91 +288,18 @@ class TritonServer:
     def running(self) -> bool:
         return self.proc is not None and self.proc.poll() is None
 
-    # ------------------------------------------------------------------ models
-    def load(self, model: str) -> float:
-        """Load (or reload, which picks up new versions) ``model``; returns the seconds taken. Raises
-        TritonServerError with Triton's message (e.g. "version 2 is at UNAVAILABLE state: ...") and the log tail."""
-        self._require_running()
-        t0 = time.perf_counter()
-        status, body = self._post(f"/v2/repository/models/{model}/load", self.load_timeout)
-        if status != 200:
-            raise TritonServerError(f"loading {model!r} failed (HTTP {status}): {_error_text(body)}\n"
-                                    f"log tail ({self.log_path}):\n{self.log_tail(20)}")
-        return time.perf_counter() - t0
-
-    def load_all(self, models) -> dict[str, float]:
-        """Load several models concurrently (Triton loads them in parallel); {model: seconds}."""
-        models = list(models)
-        with ThreadPoolExecutor(max_workers=max(1, len(models))) as pool:
-            return dict(zip(models, pool.map(self.load, models)))
-
-    def unload(self, model: str) -> None:
-        self._require_running()
-        status, body = self._post(f"/v2/repository/models/{model}/unload", 30.0)
-        if status != 200:
-            raise TritonServerError(f"unloading {model!r} failed (HTTP {status}): {_error_text(body)}")
-
-    def model_ready(self, model: str, version: str | int = "") -> bool:
-        path = f"/v2/models/{model}" + (f"/versions/{version}" if version != "" else "") + "/ready"
-        return self._get(path) == 200
-
-    def model_versions(self, model: str) -> dict[str, str]:
-        """{version: state} from the repository index, e.g. {"1": "READY", "2": "UNAVAILABLE"}."""
-        self._require_running()
-        status, body = self._post("/v2/repository/index", 30.0)
-        if status != 200:
-            raise TritonServerError(f"repository index failed (HTTP {status}): {_error_text(body)}")
-        return {e["version"]: e.get("state", "") for e in json.loads(body or b"[]")
-                if e.get("name") == model and "version" in e}
-
-    def statistics(self, model: str) -> dict:
-        """Raw /v2/models/<model>/stats JSON (per version: inference_count, execution_count, inference_stats...)."""
-        self._require_running()
-        try:
-            with urllib.request.urlopen(f"http://{self.http_url}/v2/models/{model}/stats", timeout=10) as r:
-                return json.loads(r.read())
-        except urllib.error.HTTPError as e:
-            raise TritonServerError(f"stats of {model!r} failed (HTTP {e.code}): {_error_text(e.read())}") from e
-
-    def inference_stats(self, model: str) -> dict[str, dict[str, int]]:
-        """Cumulative server-side counters of ``model`` (all versions summed): {"success"|"queue"|"compute_input"|
-        "compute_infer"|"compute_output": {"count", "ns"}}, plus {"batching": {"inference_count",
-        "execution_count"}} (fewer executions than inferences = requests were batched together)."""
-        body = self.statistics(model)
-        out: dict[str, dict[str, int]] = {"batching": {"inference_count": 0, "execution_count": 0}}
-        for entry in body.get("model_stats", []):
-            out["batching"]["inference_count"] += int(entry.get("inference_count", 0))
-            out["batching"]["execution_count"] += int(entry.get("execution_count", 0))
-            for key, val in entry.get("inference_stats", {}).items():
-                acc = out.setdefault(key, {"count": 0, "ns": 0})
-                acc["count"] += int(val.get("count", 0))
-                acc["ns"] += int(val.get("ns", 0))
-        return out
+    def rss_mb(self) -> dict[str, float]:
+        """Resident memory (MB) of tritonserver and of its python stubs (Linux /proc)."""
+        if self.proc is None:
+            return {"server": 0.0, "stubs": 0.0}
+        return {"server": _rss_mb(self.proc.pid), "stubs": sum(_rss_mb(p) for p in self.stub_pids())}
 
     def _require_running(self) -> None:
         if not self.running():
             raise TritonServerError(f"tritonserver is not running; log {self.log_path}:\n{self.log_tail()}")
 
-    # Plain urllib (one connection per call, closed at once): no keep-alive connection can hold shutdown.
-    def _get(self, path: str) -> int | None:
-        try:
-            with urllib.request.urlopen(f"http://{self.http_url}{path}", timeout=2) as r:
-                return r.status
-        except urllib.error.HTTPError as e:
-            return e.code
-        except (urllib.error.URLError, ConnectionError, OSError):
-            return None
-
-    def _post(self, path: str, timeout: float) -> tuple[int, bytes]:
-        req = urllib.request.Request(f"http://{self.http_url}{path}", data=b"{}", method="POST",
-                                     headers={"Content-Type": "application/json"})
-        try:
-            with urllib.request.urlopen(req, timeout=timeout) as r:
-                return r.status, r.read()
-        except urllib.error.HTTPError as e:
-            return e.code, e.read()
-        except (urllib.error.URLError, ConnectionError, OSError) as e:
-            raise TritonServerError(f"POST {path} to {self.http_url} failed: {e}\nlog tail:\n{self.log_tail(20)}") from e
+    def _diagnostics(self) -> str:
+        return f"\nlog tail ({self.log_path}):\n{self.log_tail(20)}"
 
     # ------------------------------------------------------------------ diagnostics
     def log_tail(self, n: int = 40) -> str:
@@ -308,6 +348,16 @@ class TritonServer:
                 ip_hex, port_hex = f[1].split(":")
                 out.append((_ip(ip_hex, v6), int(port_hex, 16)))
         return sorted(out)
+
+
+def _rss_mb(pid: int) -> float:
+    try:
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) / 1024
+    except OSError:
+        pass
+    return 0.0
 
 
 def _ip(hex_addr: str, v6: bool) -> str:
