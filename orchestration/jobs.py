@@ -48,9 +48,14 @@ daily_instructions_job = define_asset_job(
 _SCHEDULED = AssetSelection.all() - AssetSelection.groups("analysis") - AssetSelection.assets(
     "reasoning_instructions", "instruction_updates")
 
+# Runs that deploy carry this tag; the instance (orchestration/dagster.yaml) queues them one at a time. The deploy
+# function also holds a lock of its own (triton_repo/deploy.py), for in-process deploys like `make demo`'s.
+DEPLOY_TAG = {"oxyrec/deploy": "true"}
+
 daily_retraining_job = define_asset_job(
     "daily_retraining",
     selection=_SCHEDULED,
+    tags=DEPLOY_TAG,
     description="The scheduled retraining, all scenarios in one run: features -> SFT -> RL -> deploy, every gate.",
 )
 
@@ -69,7 +74,9 @@ train_sft_job = define_asset_job(
 deploy_job = define_asset_job(
     "deploy",
     selection=AssetSelection.groups("serving"),
-    description="Export the RL policy and deploy it to Triton (parity gate, atomic, smoke-tested, rolled back on failure).",
+    tags=DEPLOY_TAG,
+    description="Export the serving candidate and deploy it to Triton (parity gate, staged, smoke-tested, canary, "
+                "rolled back on failure).",
 )
 
 scenario_refresh_job = define_asset_job(

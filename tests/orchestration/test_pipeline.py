@@ -238,3 +238,22 @@ def test_tests_override_every_resource(tmp_path):
     from orchestration.settings import current_settings
 
     assert set(make_resources(tmp_path / "data")) == set(default_resources(current_settings())) | {"params"}
+
+
+def test_deploying_runs_are_queued_one_at_a_time(tmp_path):
+    import shutil
+
+    import yaml
+    from dagster import DagsterInstance
+
+    from orchestration.jobs import DEPLOY_TAG
+    from orchestration.settings import PROJECT_ROOT
+
+    defs = build_definitions()
+    for job in ("deploy", "daily_retraining"):
+        assert DEPLOY_TAG.items() <= defs.resolve_job_def(job).tags.items()
+    shutil.copy(PROJECT_ROOT / "orchestration" / "dagster.yaml", tmp_path / "dagster.yaml")
+    limits = yaml.safe_load((tmp_path / "dagster.yaml").read_text())["run_queue"]["tag_concurrency_limits"]
+    assert {"key": "oxyrec/deploy", "value": "true", "limit": 1} in limits
+    with DagsterInstance.from_config(str(tmp_path)) as instance:  # the instance accepts the config
+        assert instance.run_coordinator is not None
