@@ -4,7 +4,9 @@ self-contained Triton model repository version (its example encoder and SID tabl
 ``deployed_model`` runs triton_repo/deploy.py: the new version is loaded as a separate candidate model, smoke-tested
 against the in-process beam search, compared with the serving version on the smoke users and replayed recent
 requests (canary: overlap@10 and latency; ``TritonResource.canary_min_overlap`` can block), then promoted; any
-failure rolls back. One deployment at a time (a lock inside deploy, and the Dagster pool ``triton_deploy``).
+failure rolls back. One deployment at a time: a lock inside deploy, the local instance queues the runs tagged
+``oxyrec/deploy`` one at a time (orchestration/dagster.yaml), and the asset sits in the Dagster pool
+``triton_deploy`` for an instance that limits pools (``concurrency: pools``).
 """
 
 import shutil
@@ -38,7 +40,7 @@ from triton_repo.request_log import RequestLog
 from ._metadata import md
 
 GROUP = "serving"
-DEPLOY_POOL = "triton_deploy"  # Dagster concurrency pool: one deployment at a time across runs (dagster.yaml)
+DEPLOY_POOL = "triton_deploy"  # Dagster concurrency pool (limit it with `concurrency: pools` on a production instance)
 SMOKE_USERS = 8
 SMOKE_BEAM, SMOKE_TOP_K = 20, 10
 GENERATE = "oxygenrec_generate"
