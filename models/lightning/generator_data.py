@@ -52,6 +52,7 @@ import pyarrow.compute as pc
 import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
 
+from models.artifacts import atomic_write_json
 from models.nn.config import GeneratorConfig
 from models.semantic_ids.codebook import SemanticIdTable
 
@@ -381,12 +382,7 @@ class ExampleEncoder:
         }
 
     def save(self, path) -> Path:
-        path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_suffix(path.suffix + ".tmp")
-        tmp.write_text(json.dumps(self.to_dict(), indent=1))
-        tmp.replace(path)
-        return path
+        return atomic_write_json(path, self.to_dict(), indent=1)
 
     @classmethod
     def load(cls, path, sid_table: SemanticIdTable) -> "ExampleEncoder":

@@ -26,6 +26,7 @@ import torch
 from lightning.pytorch.callbacks import Callback, EarlyStopping, ModelCheckpoint
 from lightning.pytorch.loggers import CSVLogger
 
+from models.artifacts import atomic_write
 from models.eval.metrics import DEFAULT_KS, per_case_metrics, ranking_metrics, top_k
 from models.eval.split import EvalCases, IdEncoder, LeaveLastOutSplit, encode_ids
 from models.lightning.sequence_data import SequenceDataModule
@@ -245,8 +246,6 @@ def save_sasrec(model: SASRec, encoder: IdEncoder, path: str | Path) -> Path:
     Written atomically."""
     if encoder.n_ids != model.n_items:
         raise ValueError(f"the encoder has {encoder.n_ids} items, the model {model.n_items}")
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     payload = {
         "format": SAVED_FORMAT,
         "config": _config_to_dict(model.config),
@@ -254,10 +253,7 @@ def save_sasrec(model: SASRec, encoder: IdEncoder, path: str | Path) -> Path:
         "scenarios": list(model.scenarios),
         "state_dict": model.state_dict(),
     }
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    torch.save(payload, tmp)
-    tmp.replace(path)
-    return path
+    return atomic_write(path, lambda tmp: torch.save(payload, tmp))
 
 
 def load_sasrec(path: str | Path) -> tuple[SASRec, IdEncoder]:

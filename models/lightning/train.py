@@ -46,6 +46,7 @@ import torch
 from lightning.pytorch.callbacks import Callback, EarlyStopping, LearningRateMonitor, ModelCheckpoint
 from lightning.pytorch.loggers import CSVLogger
 
+from models.artifacts import atomic_write
 from models.lightning.generator_data import EncoderConfig, ExampleEncoder, GeneratorDataModule, split_frames
 from models.lightning.generator_module import GeneratorModule
 from models.nn.config import GeneratorConfig
@@ -338,10 +339,6 @@ def load_generator(checkpoint_path: str | Path, map_location: str | torch.device
 
 def save_generator(model: OxygenGenerator, path: str | Path) -> Path:
     """A compact weights file {format, generator_config, state_dict} (no optimizer/trainer state)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    torch.save({"format": SAVED_FORMAT, "generator_config": model.cfg.to_dict(),
-                "state_dict": {k: v.detach().cpu() for k, v in model.state_dict().items()}}, tmp)
-    tmp.replace(path)
-    return path
+    payload = {"format": SAVED_FORMAT, "generator_config": model.cfg.to_dict(),
+               "state_dict": {k: v.detach().cpu() for k, v in model.state_dict().items()}}
+    return atomic_write(path, lambda tmp: torch.save(payload, tmp))

@@ -33,6 +33,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from models.artifacts import atomic_write
+
 ACTIONS = ("click", "cart", "order")
 
 
@@ -335,8 +337,10 @@ def evaluate(model: RewardModel, data: RewardData) -> dict[str, float]:
 # ----------------------------------------------------------------------------- checkpoints
 
 
-def save_reward_model(model: RewardModel, path: str | Path) -> None:
-    torch.save({"config": asdict(model.config), "state_dict": model.state_dict()}, Path(path))
+def save_reward_model(model: RewardModel, path: str | Path) -> Path:
+    """{config, state_dict}, written atomically (models/artifacts.py)."""
+    payload = {"config": asdict(model.config), "state_dict": model.state_dict()}
+    return atomic_write(path, lambda tmp: torch.save(payload, tmp))
 
 
 def load_reward_model(path: str | Path) -> RewardModel:

@@ -127,3 +127,51 @@ def test_temporary_names_keep_the_suffix_writers_append():
     assert t.parent == Path("/x") and t.name.startswith(".codebook.npz.") and t.name.endswith(".tmp.npz")
     plain = temp_path("/x/run")
     assert plain.name.startswith(".run.") and plain.name.endswith(".tmp")
+
+
+def _model_writers(tmp_path: Path):
+    """Every model-file writer of the pipeline, each bound to a tiny object: name -> save(path)."""
+    import pandas as pd
+
+    from models.eval.split import encode_ids
+    from models.lightning.generator_data import ExampleEncoder
+    from models.lightning.sasrec_module import save_sasrec
+    from models.lightning.train import save_generator
+    from models.nn.config import GeneratorConfig
+    from models.nn.generator import OxygenGenerator
+    from models.nn.sasrec import SASRec, SASRecConfig
+    from models.rl.reward_model import RewardModelConfig, _new_model, save_reward_model
+    from models.semantic_ids.codebook import SemanticIdTable
+
+    ids = encode_ids(np.array([f"i{i}" for i in range(6)], dtype=object))
+    sasrec = SASRec(ids.n_ids, SASRecConfig(hidden=8, n_blocks=1, n_heads=1, max_len=4))
+    generator = OxygenGenerator(GeneratorConfig(vocab_sizes=(4, 4), d_model=8, n_heads=1, enc_layers=1,
+                                                dec_layers=1, use_igr=False))
+    reward = _new_model(RewardModelConfig(user_dim=2, item_dim=2, num_scenarios=1, hidden_dim=4))
+    table = SemanticIdTable.from_frame(pd.DataFrame({"item_id": ["a", "b"], "sid_0": [0, 1], "sid_1": [0, 0]}))
+    encoder = ExampleEncoder.fit(pd.DataFrame({"profile_fields": [["age=30"]]}), table, ["home"])
+    return {
+        "generator": lambda p: save_generator(generator, p),
+        "sasrec": lambda p: save_sasrec(sasrec, ids, p),
+        "reward_model": lambda p: save_reward_model(reward, p),
+        "example_encoder": lambda p: encoder.save(p),
+    }
+
+
+@pytest.mark.parametrize("name", ["generator", "sasrec", "reward_model", "example_encoder"])
+def test_model_files_are_written_atomically(tmp_path, monkeypatch, name):
+    """A save that dies at the final rename (disk full, killed) keeps the previous file and leaves no temporary."""
+    save = _model_writers(tmp_path)[name]
+    path = tmp_path / f"{name}.bin"
+    save(path)
+    before = path.read_bytes()
+
+    def no_rename(*args, **kwargs):
+        raise OSError("rename failed")
+
+    monkeypatch.setattr(os, "replace", no_rename)
+    with pytest.raises(OSError, match="rename failed"):
+        save(path)
+    monkeypatch.undo()
+    assert path.read_bytes() == before
+    assert os.listdir(tmp_path) == [path.name]
