@@ -12,10 +12,12 @@ from models.eval.split import training_events
 from orchestration.params import ParamsResource
 from orchestration.resources import TextEmbedderResource
 
-from ._metadata import md
+from ._metadata import code_version, md
+
+CODE_VERSION = code_version(__file__)  # changes with this module and the models packages it imports
 
 
-@asset(group_name="features", kinds={"torch", "numpy"}, code_version="1")
+@asset(group_name="features", kinds={"torch", "numpy"}, code_version=CODE_VERSION)
 def catalog_embeddings(
     context: AssetExecutionContext,
     raw_items: pd.DataFrame,

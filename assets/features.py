@@ -24,9 +24,12 @@ from orchestration.partitions import SCENARIOS, instruction_day_partitions
 from orchestration.resources import ArtifactStoreResource, FeatureStoreResource, TextEmbedderResource
 from orchestration.settings import DEFAULT_SCENARIO_TEXTS, Settings
 
-from ._metadata import md
+from ._metadata import code_version, md
 
+CODE_VERSION = code_version(__file__)  # changes with this module and the models packages it imports
 GROUP = "features"
+
+
 def reasoner_of(settings: Settings, artifacts: ArtifactStoreResource):
     f = settings.features
     return make_reasoner(f.reasoner, f.llm_base_url, f.llm_model, str(artifacts.asset_dir("cache") / "llm"))
@@ -39,7 +42,7 @@ def day_start(partition_key: str) -> int:
     return int(dt.datetime.fromisoformat(partition_key).replace(tzinfo=dt.timezone.utc).timestamp())
 
 
-@asset(group_name=GROUP, kinds={"pandas"}, code_version="1")
+@asset(group_name=GROUP, kinds={"pandas"}, code_version=CODE_VERSION)
 def scenario_instructions(
     context: AssetExecutionContext, params: ParamsResource, text_embedder: TextEmbedderResource
 ) -> pd.DataFrame:
@@ -58,7 +61,7 @@ def scenario_instructions(
     partitions_def=instruction_day_partitions,
     backfill_policy=BackfillPolicy.single_run(),
     kinds={"pandas"},
-    code_version="2",
+    code_version=CODE_VERSION,
 )
 def reasoning_instructions(
     context: AssetExecutionContext,
@@ -108,7 +111,7 @@ def reasoning_instructions(
     group_name=GROUP,
     ins={"reasoning_instructions": AssetIn(metadata={"allow_missing_partitions": True})},
     kinds={"feast", "parquet"},
-    code_version="1",
+    code_version=CODE_VERSION,
 )
 def feature_sources(
     context: AssetExecutionContext,
@@ -141,7 +144,7 @@ def feature_sources(
     return {"paths": {k: str(v) for k, v in paths.items()}, "rows": rows}
 
 
-@asset(group_name=GROUP, deps=["feature_sources"], kinds={"feast"}, code_version="1")
+@asset(group_name=GROUP, deps=["feature_sources"], kinds={"feast"}, code_version=CODE_VERSION)
 def feast_registry(context: AssetExecutionContext, feature_store: FeatureStoreResource) -> dict:
     """``feast apply``: entities, feature views and feature services in the registry."""
     summary = feature_store.store().apply()
@@ -149,7 +152,7 @@ def feast_registry(context: AssetExecutionContext, feature_store: FeatureStoreRe
     return summary
 
 
-@asset(group_name=GROUP, deps=["feast_registry"], kinds={"feast", "sqlite"}, code_version="1")
+@asset(group_name=GROUP, deps=["feast_registry"], kinds={"feast", "sqlite"}, code_version=CODE_VERSION)
 def online_features(context: AssetExecutionContext, feature_store: FeatureStoreResource) -> dict:
     """Materialize the latest feature values into the online store (SQLite locally, Redis in production)."""
     store = feature_store.store()
@@ -178,7 +181,7 @@ def online_features(context: AssetExecutionContext, feature_store: FeatureStoreR
             "example_instruction": online.get("instruction_text")}
 
 
-@asset(group_name=GROUP, deps=["feast_registry"], kinds={"feast", "parquet"}, code_version="1")
+@asset(group_name=GROUP, deps=["feast_registry"], kinds={"feast", "parquet"}, code_version=CODE_VERSION)
 def training_examples(
     context: AssetExecutionContext, interaction_log: pd.DataFrame, feature_store: FeatureStoreResource
 ) -> pd.DataFrame:
@@ -211,7 +214,7 @@ class InstructionUpdateConfig(Config):
     event_files: list[str] = []
 
 
-@asset(group_name=GROUP, deps=["online_features"], kinds={"feast"}, code_version="1")
+@asset(group_name=GROUP, deps=["online_features"], kinds={"feast"}, code_version=CODE_VERSION)
 def instruction_updates(
     context: AssetExecutionContext,
     config: InstructionUpdateConfig,

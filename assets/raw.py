@@ -14,12 +14,13 @@ from orchestration.params import ParamsResource
 from orchestration.partitions import scenario_partitions
 from orchestration.resources import DataSourceResource
 
-from ._metadata import frame_preview, md
+from ._metadata import code_version, frame_preview, md
 
+CODE_VERSION = code_version(__file__)  # changes with this module and the models packages it imports
 GROUP = "raw"
 
 
-@asset(group_name=GROUP, kinds={"pandas", "parquet"}, code_version="1")
+@asset(group_name=GROUP, kinds={"pandas", "parquet"}, code_version=CODE_VERSION)
 def raw_items(context: AssetExecutionContext, data_source: DataSourceResource) -> pd.DataFrame:
     """The item catalog (item_id, title, category, brand, price, description, ...)."""
     items = data_source.items()
@@ -35,7 +36,7 @@ def raw_items(context: AssetExecutionContext, data_source: DataSourceResource) -
     return items
 
 
-@asset(group_name=GROUP, kinds={"pandas", "parquet"}, code_version="1")
+@asset(group_name=GROUP, kinds={"pandas", "parquet"}, code_version=CODE_VERSION)
 def raw_users(context: AssetExecutionContext, data_source: DataSourceResource) -> pd.DataFrame:
     """User profiles; when the source has no users file, the ids seen in interactions with no profile."""
     users = data_source.users()
@@ -52,7 +53,7 @@ def raw_users(context: AssetExecutionContext, data_source: DataSourceResource) -
     partitions_def=scenario_partitions,
     backfill_policy=BackfillPolicy.single_run(),
     kinds={"pandas", "parquet"},
-    code_version="1",
+    code_version=CODE_VERSION,
 )
 def raw_interactions(context: AssetExecutionContext, data_source: DataSourceResource) -> dict[str, pd.DataFrame]:
     """Per-scenario interaction logs (user_id, item_id, timestamp, scenario, action, query).
@@ -79,7 +80,7 @@ def raw_interactions(context: AssetExecutionContext, data_source: DataSourceReso
     return frames
 
 
-@asset(group_name=GROUP, kinds={"pandas", "parquet"}, code_version="1")
+@asset(group_name=GROUP, kinds={"pandas", "parquet"}, code_version=CODE_VERSION)
 def interaction_log(
     context: AssetExecutionContext, raw_interactions: dict[str, pd.DataFrame], params: ParamsResource
 ) -> pd.DataFrame:

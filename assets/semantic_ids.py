@@ -6,13 +6,9 @@ levels, huge collisions) never reaches ``item_semantic_ids`` or anything trained
 
 import dataclasses
 
-import matplotlib
-
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
-import pandas as pd  # noqa: E402
-from dagster import (  # noqa: E402
+import numpy as np
+import pandas as pd
+from dagster import (
     AssetCheckResult,
     AssetCheckSeverity,
     AssetExecutionContext,
@@ -21,14 +17,15 @@ from dagster import (  # noqa: E402
     asset_check,
 )
 
-from models.semantic_ids import RQKMeansConfig, SemanticIdCodebook, SemanticIdTable, fit_encode, semantic_id_quality  # noqa: E402
-from models.semantic_ids.lifecycle import assign_stable, fit_or_reuse  # noqa: E402
-from models.semantic_ids.trie import SIDTrie  # noqa: E402
-from orchestration.params import ParamsResource  # noqa: E402
-from orchestration.resources import ArtifactStoreResource  # noqa: E402
+from models.semantic_ids import RQKMeansConfig, SemanticIdCodebook, SemanticIdTable, fit_encode, semantic_id_quality
+from models.semantic_ids.lifecycle import assign_stable, fit_or_reuse
+from models.semantic_ids.trie import SIDTrie
+from orchestration.params import ParamsResource
+from orchestration.resources import ArtifactStoreResource
 
-from ._metadata import md, png_markdown  # noqa: E402
+from ._metadata import code_version, md, png_markdown, pyplot
 
+CODE_VERSION = code_version(__file__)  # changes with this module and the models packages it imports
 GROUP = "semantic_ids"
 QUALITY_COLUMNS = ["level", "coverage", "purity", "entropy", "gini", "recon_rel_mse"]
 
@@ -53,7 +50,7 @@ def purity_labels(items: pd.DataFrame) -> np.ndarray:
 
 def usage_plot(codes: np.ndarray, codebook_size: int):
     levels = codes.shape[1]
-    figure, axes = plt.subplots(1, levels, figsize=(4 * levels, 2.6), sharey=True)
+    figure, axes = pyplot().subplots(1, levels, figsize=(4 * levels, 2.6), sharey=True)
     for level, axis in enumerate(np.atleast_1d(axes)):
         counts = np.sort(np.bincount(codes[:, level], minlength=codebook_size))[::-1]
         axis.bar(np.arange(codebook_size), counts, width=1.0)
@@ -64,7 +61,7 @@ def usage_plot(codes: np.ndarray, codebook_size: int):
     return png_markdown(figure)
 
 
-@asset(group_name=GROUP, kinds={"torch"}, code_version="1")
+@asset(group_name=GROUP, kinds={"torch"}, code_version=CODE_VERSION)
 def semantic_id_codebook(
     context: AssetExecutionContext,
     catalog_embeddings: dict,
@@ -136,7 +133,7 @@ def semantic_id_quality_gate(semantic_id_codebook: dict, params: ParamsResource)
     )
 
 
-@asset(group_name=GROUP, kinds={"pandas", "parquet"}, code_version="1")
+@asset(group_name=GROUP, kinds={"pandas", "parquet"}, code_version=CODE_VERSION)
 def item_semantic_ids(
     context: AssetExecutionContext,
     semantic_id_codebook: dict,
@@ -162,7 +159,7 @@ def item_semantic_ids(
     return frame
 
 
-@asset(group_name=GROUP, kinds={"torch", "numpy"}, code_version="1")
+@asset(group_name=GROUP, kinds={"torch", "numpy"}, code_version=CODE_VERSION)
 def sid_trie(context: AssetExecutionContext, item_semantic_ids: pd.DataFrame) -> dict[str, np.ndarray]:
     """Prefix trie of the valid SID tuples, in the array form constrained decoding and Triton load."""
     table = SemanticIdTable.from_frame(item_semantic_ids)
@@ -178,7 +175,7 @@ def sid_trie(context: AssetExecutionContext, item_semantic_ids: pd.DataFrame) ->
     return {**arrays, "item_ids": table.item_ids.astype(str)}
 
 
-@asset(group_name="analysis", kinds={"torch"}, code_version="1")
+@asset(group_name="analysis", kinds={"torch"}, code_version=CODE_VERSION)
 def semantic_id_comparison(
     context: AssetExecutionContext, catalog_embeddings: dict, raw_items: pd.DataFrame, params: ParamsResource
 ) -> pd.DataFrame:

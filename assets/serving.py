@@ -37,8 +37,9 @@ from triton_repo.deploy import deploy
 from triton_repo.recommend import REQUEST_LOG, online_rows
 from triton_repo.request_log import RequestLog
 
-from ._metadata import md
+from ._metadata import code_version, md
 
+CODE_VERSION = code_version(__file__)  # changes with this module and the models packages it imports
 GROUP = "serving"
 DEPLOY_POOL = "triton_deploy"  # Dagster concurrency pool (limit it with `concurrency: pools` on a production instance)
 SMOKE_USERS = 8
@@ -48,7 +49,7 @@ GENERATE = "oxygenrec_generate"
 
 # serving_candidate is the RL policy or its SFT model (whichever the paired gate prefers), and the SFT model was
 # itself gated (sft_beats_baseline) before RL started from it
-@asset(group_name=GROUP, kinds={"onnx", "triton"}, code_version="4")
+@asset(group_name=GROUP, kinds={"onnx", "triton"}, code_version=CODE_VERSION)
 def triton_model_repository(
     context: AssetExecutionContext, serving_candidate: dict, item_semantic_ids: pd.DataFrame,
     artifacts: ArtifactStoreResource,
@@ -122,7 +123,7 @@ def canary_rows(smoke: pd.DataFrame, artifacts: ArtifactStoreResource, feature_s
     return pd.concat(rows, ignore_index=True)
 
 
-@asset(group_name=GROUP, kinds={"triton"}, code_version="2", pool=DEPLOY_POOL)
+@asset(group_name=GROUP, kinds={"triton"}, code_version=CODE_VERSION, pool=DEPLOY_POOL)
 def deployed_model(
     context: AssetExecutionContext,
     triton_model_repository: dict,

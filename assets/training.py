@@ -2,16 +2,11 @@
 no-worse-than-baseline gate, and the paper's ablations (``sft_ablations``, group analysis, on demand)."""
 
 import dataclasses
-import hashlib
 import json
 import shutil
 
-import matplotlib
-
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import pandas as pd  # noqa: E402
-from dagster import (  # noqa: E402
+import pandas as pd
+from dagster import (
     AssetCheckResult,
     AssetCheckSeverity,
     AssetExecutionContext,
@@ -20,26 +15,28 @@ from dagster import (  # noqa: E402
     asset_check,
 )
 
-from models.eval.cases import BEST_SASREC, compare  # noqa: E402
-from models.eval.cases import summary_table as case_table  # noqa: E402
-from models.eval.cases import gate as paired_gate_on_cases  # noqa: E402
-from models.eval.generative import evaluate_splits  # noqa: E402
-from models.eval.split import encode_ids, leave_last_out  # noqa: E402
-from models.lightning.ablations import run_ablations, summary_table  # noqa: E402
-from models.lightning.generator_data import ExampleEncoder  # noqa: E402
-from models.lightning.progress import EpochProgress  # noqa: E402
-from models.lightning.sasrec_module import load_sasrec, save_sasrec, train_sasrec  # noqa: E402
-from models.lightning.train import SFTConfig, load_generator, train_generator  # noqa: E402
-from models.nn.config import GeneratorConfig  # noqa: E402
-from models.nn.sasrec import SASRecConfig  # noqa: E402
-from models.semantic_ids import SemanticIdTable  # noqa: E402
-from models.semantic_ids.trie import SIDTrie  # noqa: E402
-from orchestration.params import ParamsResource  # noqa: E402
-from orchestration.partitions import SCENARIOS  # noqa: E402
-from orchestration.resources import ArtifactStoreResource  # noqa: E402
+from models.artifacts import content_key
+from models.eval.cases import BEST_SASREC, compare
+from models.eval.cases import summary_table as case_table
+from models.eval.cases import gate as paired_gate_on_cases
+from models.eval.generative import evaluate_splits
+from models.eval.split import encode_ids, leave_last_out
+from models.lightning.ablations import run_ablations, summary_table
+from models.lightning.generator_data import ExampleEncoder
+from models.lightning.progress import EpochProgress
+from models.lightning.sasrec_module import load_sasrec, save_sasrec, train_sasrec
+from models.lightning.train import SFTConfig, load_generator, train_generator
+from models.nn.config import GeneratorConfig
+from models.nn.sasrec import SASRecConfig
+from models.semantic_ids import SemanticIdTable
+from models.semantic_ids.trie import SIDTrie
+from orchestration.params import ParamsResource
+from orchestration.partitions import SCENARIOS
+from orchestration.resources import ArtifactStoreResource
 
-from ._metadata import bar_chart, markdown_table, md, png_markdown  # noqa: E402
+from ._metadata import bar_chart, code_version, line_panels, markdown_table, md
 
+CODE_VERSION = code_version(__file__)  # changes with this module and the models packages it imports
 GROUP = "training"
 CANDIDATE = "oxygenrec_sft"  # the generator's name in sft_evaluation
 
@@ -83,29 +80,15 @@ def run_key(training_examples: pd.DataFrame, sid_table: SemanticIdTable, generat
         "generator": generator.to_dict(),
         "sft": dataclasses.asdict(sft),
     }
-    return hashlib.sha256(json.dumps(payload, sort_keys=True, default=str).encode()).hexdigest()[:12]
+    return content_key(payload)
 
 
 def curves(history: list[dict], losses=("train_loss_epoch", "train_loss", "val_loss"),
-           metrics=("val_hr10", "val_ndcg10")):
-    figure, (left, right) = plt.subplots(1, 2, figsize=(9, 2.8))
-    epochs = [h.get("epoch", i) for i, h in enumerate(history)]
-    for key in losses:
-        values = [h.get(key) for h in history]
-        if any(v is not None for v in values):
-            left.plot(epochs, values, marker="o", label=key)
-    for key in metrics:
-        values = [h.get(key) for h in history]
-        if any(v is not None for v in values):
-            right.plot(epochs, values, marker="o", label=key)
-    left.set_title("loss"), right.set_title("validation")
-    for axis in (left, right):
-        axis.set_xlabel("epoch"), axis.legend(fontsize=7)
-    figure.tight_layout()
-    return png_markdown(figure)
+           metrics=("val_hr10", "val_ndcg10")) -> MetadataValue:
+    return line_panels(history, {"loss": tuple(losses), "validation": tuple(metrics)})
 
 
-@asset(group_name=GROUP, kinds={"pytorch", "lightning"}, code_version="1")
+@asset(group_name=GROUP, kinds={"pytorch", "lightning"}, code_version=CODE_VERSION)
 def sft_model(
     context: AssetExecutionContext,
     training_examples: pd.DataFrame,
@@ -140,7 +123,7 @@ def sft_model(
     }
 
 
-@asset(group_name=GROUP, kinds={"pytorch", "lightning"}, code_version="2")
+@asset(group_name=GROUP, kinds={"pytorch", "lightning"}, code_version=CODE_VERSION)
 def sasrec_baseline(
     context: AssetExecutionContext,
     interaction_log: pd.DataFrame,
@@ -180,7 +163,7 @@ def sasrec_baseline(
     return {"variants": variants}
 
 
-@asset(group_name=GROUP, kinds={"pytorch"}, code_version="3")
+@asset(group_name=GROUP, kinds={"pytorch"}, code_version=CODE_VERSION)
 def sft_evaluation(
     context: AssetExecutionContext,
     sft_model: dict,
@@ -261,7 +244,7 @@ def sft_beats_baseline(sft_evaluation: pd.DataFrame, params: ParamsResource) -> 
     )
 
 
-@asset(group_name="analysis", kinds={"pytorch", "lightning"}, code_version="1")
+@asset(group_name="analysis", kinds={"pytorch", "lightning"}, code_version=CODE_VERSION)
 def sft_ablations(
     context: AssetExecutionContext,
     training_examples: pd.DataFrame,

@@ -17,6 +17,7 @@ Directories (e.g. a model repository version) are built under a temporary name, 
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import uuid
@@ -24,6 +25,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 __all__ = [
+    "content_key",
     "atomic_write",
     "atomic_write_bytes",
     "atomic_write_json",
@@ -117,3 +119,9 @@ def remove_stale_temps(directory: str | os.PathLike) -> list[Path]:
             p.unlink(missing_ok=True)
             removed.append(p)
     return removed
+
+
+def content_key(payload: Any) -> str:
+    """12 hex digits of sha256 over ``payload`` as sorted JSON: the run-directory name of an artifact, so the same
+    inputs + config always land in the same directory (an interrupted run resumes there)."""
+    return hashlib.sha256(json.dumps(payload, sort_keys=True, default=str).encode()).hexdigest()[:12]

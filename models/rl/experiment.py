@@ -60,7 +60,8 @@ from .reward_model import load_reward_model
 from .trainer import GroupPolicyTrainer, RLConfig, RLTrainingError
 from .verifiable import MixedReward, RewardMix
 
-__all__ = ["RLExperiment", "RLRun", "measure", "paired_differences", "seed_summary", "split_rows"]
+__all__ = ["RLExperiment", "RLRun", "compare_algorithms", "comparison_summary", "comparison_table", "measure",
+           "numeric_history", "paired_differences", "seed_summary", "split_rows"]
 
 SPLITS = ("valid", "test")
 METRICS = ("ndcg@10", "hr@10")
@@ -349,4 +350,66 @@ def seed_summary(rows: Sequence[Mapping], keys: Sequence[str] = ("variant",)) ->
     out = grouped.agg(["mean", "std"])
     out.columns = [f"{col}_{stat}" for col, stat in out.columns]
     out.insert(0, "runs", grouped.size())
+    return out.reset_index()
+
+
+def numeric_history(history: Sequence[Mapping]) -> list[dict]:
+    """The JSON-friendly fields of a training history (numbers, strings, None)."""
+    return [{k: v for k, v in h.items() if isinstance(v, (int, float, str)) or v is None} for h in history]
+
+
+def comparison_table(before: Mapping, after: Mapping) -> pd.DataFrame:
+    """Per-scenario HR@10 / NDCG@10 / reward of two :meth:`RLExperiment.evaluate` results, SFT next to RL."""
+    left = before["table"][["group", "n", "hr@10", "ndcg@10", "reward"]]
+    right = after["table"][["group", "hr@10", "ndcg@10", "reward"]]
+    table = left.merge(right, on="group", suffixes=("_sft", "_rl"))
+    return table[["group", "n", "hr@10_sft", "hr@10_rl", "ndcg@10_sft", "ndcg@10_rl", "reward_sft", "reward_rl"]]
+
+
+def compare_algorithms(experiment: RLExperiment, base: RLRun, algorithms: Sequence[str], shares: Sequence[float],
+                       seeds: Sequence[int], *, group_clip: float, resamples: int = 1000,
+                       log: Callable[[str], Callable[[dict], None]] | None = None) -> pd.DataFrame:
+    """Every algorithm x synthetic share x seed with the budget of ``base`` (``"sagcpo_gc"`` = SA-GCPO with the
+    group clip at ``group_clip``): one row per run, after a first row for the SFT model itself. A diverging
+    configuration is a row with status ``failed: ...``, not a crash. ``log(label)`` gives a per-step callback."""
+    before = experiment.before
+    rows = []
+    for algorithm in algorithms:
+        for share in shares:
+            for seed in seeds:
+                run = base.replace(algorithm=algorithm.removesuffix("_gc"), synthetic_share=share, seed=seed,
+                                   **({"group_clip": group_clip} if algorithm == "sagcpo_gc" else {}))
+                start = time.perf_counter()
+                label = f"{algorithm} share={share} seed={seed}"
+                m = measure(experiment, run, resamples=resamples, log=log(label) if log else None)
+                rows.append({"algorithm": algorithm, "synthetic_share": share, "seed": seed, "status": m["status"],
+                             "steps": m["steps"], "final_kl": m.get("kl_train_last", np.nan),
+                             "kl_valid": m.get("kl_valid", np.nan), "reward": m.get("reward_rl", np.nan),
+                             "hr@10": m.get("valid_hr@10_rl", np.nan), "ndcg@10": m.get("valid_ndcg@10_rl", np.nan),
+                             "test_hr@10": m.get("test_hr@10_rl", np.nan),
+                             "test_ndcg@10": m.get("test_ndcg@10_rl", np.nan),
+                             # how far the ratios left 1: the share of tokens the clip (GRPO, GSPO) or the soft gate
+                             # (SA-GCPO: gradient weight < 0.5) held back, mean over steps (last update of each step)
+                             "clip_frac": m.get("clip_frac", np.nan), "seconds": time.perf_counter() - start})
+    table = pd.DataFrame(rows)
+    table["reward_gain"] = table["reward"] - before["reward"]
+    table["hr@10_delta"] = table["hr@10"] - before["hr10"]
+    sft_test = summary_table(before["cases"][before["cases"]["split"] == "test"].drop(columns="split"))
+    sft_test = sft_test[sft_test["group"] == "overall"].iloc[0]
+    sft_row = {"algorithm": "sft", "synthetic_share": float("nan"), "seed": experiment.seed, "status": "reference",
+               "steps": 0, "final_kl": 0.0, "kl_valid": 0.0, "reward": before["reward"], "hr@10": before["hr10"],
+               "ndcg@10": before["ndcg10"], "test_hr@10": float(sft_test["hr@10"]),
+               "test_ndcg@10": float(sft_test["ndcg@10"]), "clip_frac": 0.0, "seconds": 0.0, "reward_gain": 0.0,
+               "hr@10_delta": 0.0}
+    return pd.concat([pd.DataFrame([sft_row]), table], ignore_index=True)
+
+
+def comparison_summary(table: pd.DataFrame) -> pd.DataFrame:
+    """Mean and std over seeds per (algorithm, synthetic share) of a :func:`compare_algorithms` table."""
+    metrics = ["reward", "hr@10", "ndcg@10", "test_hr@10", "test_ndcg@10", "final_kl", "kl_valid", "clip_frac"]
+    grouped = table.groupby(["algorithm", "synthetic_share"], dropna=False, sort=False)
+    out = grouped[metrics].agg(["mean", "std"])
+    out.columns = [f"{metric}_{stat}" for metric, stat in out.columns]
+    out.insert(0, "runs", grouped.size())
+    out.insert(1, "failed", grouped["status"].agg(lambda s: int(s.str.startswith("failed").sum())))
     return out.reset_index()

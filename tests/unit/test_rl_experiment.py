@@ -154,3 +154,22 @@ def test_seed_summary_means_and_stds_per_variant():
         seed_summary(rows, keys=("algorithm",))
     assert list(pd.DataFrame(rows).columns) == ["variant", "seed", "x", "status"]  # input untouched
     assert dataclasses.is_dataclass(FAST)
+
+
+def test_algorithm_comparison_has_the_sft_row_first_and_one_row_per_run(experiment):
+    from models.rl.experiment import compare_algorithms, comparison_summary
+
+    lines = []
+    table = compare_algorithms(experiment, FAST.replace(steps=2), ["grpo", "sagcpo_gc"], [0.0], [0, 1],
+                               group_clip=0.5, resamples=20, log=lambda label: lambda rec: lines.append(label))
+    assert table["algorithm"].tolist() == ["sft", "grpo", "grpo", "sagcpo_gc", "sagcpo_gc"]
+    sft = table.iloc[0]
+    assert sft["status"] == "reference" and sft["hr@10"] == experiment.before["hr10"]
+    runs = table.iloc[1:]
+    assert (runs["reward_gain"] == runs["reward"] - experiment.before["reward"]).all()
+    assert runs["seed"].tolist() == [0, 1, 0, 1] and set(runs["status"]) <= {"steps_done", "kl_stop"}
+    assert "sagcpo_gc share=0.0 seed=1" in lines  # per-step progress is reported with the run's label
+    summary = comparison_summary(table)
+    assert summary.set_index("algorithm").loc["grpo", "runs"] == 2
+    grpo = runs[runs["algorithm"] == "grpo"]
+    assert summary.set_index("algorithm").loc["grpo", "reward_mean"] == pytest.approx(grpo["reward"].mean())
