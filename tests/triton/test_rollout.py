@@ -307,3 +307,26 @@ def test_one_deployment_at_a_time(server, world, tmp_path):
     assert_only(server, server.repo, [1])
     with pytest.raises(ValueError, match="keep_versions must be >= 1"):
         RolloutPolicy(keep_versions=0)
+
+
+# what orchestration/dagster.yaml must configure for the pool of deployed_model (one deployment across runs)
+POOL_LIMIT = {"concurrency": {"runs": {"max_concurrent_runs": 2}, "pools": {"default_limit": 1}}}
+
+
+def test_deployments_take_the_one_slot_of_the_dagster_deploy_pool(tmp_path):
+    """Every job that materializes deployed_model (deploy, daily_retraining) runs it in the pool triton_deploy; with
+    the instance's pool limit, a second run's deploy step waits for the slot (the lock in deploy() also covers
+    in-process deployments such as `make demo`)."""
+    from dagster import DagsterInstance
+
+    from assets.serving import DEPLOY_POOL, deployed_model
+
+    assert deployed_model.op.pool == DEPLOY_POOL == "triton_deploy"
+    with DagsterInstance.local_temp(str(tmp_path), overrides=POOL_LIMIT) as instance:
+        storage = instance.event_log_storage
+        assert storage.initialize_concurrency_limit_to_default(DEPLOY_POOL)  # as a run's first pooled step does
+        assert storage.get_concurrency_info(DEPLOY_POOL).slot_count == 1
+        assert storage.claim_concurrency_slot(DEPLOY_POOL, "run-a", "deployed_model").is_claimed
+        assert not storage.claim_concurrency_slot(DEPLOY_POOL, "run-b", "deployed_model").is_claimed
+        storage.free_concurrency_slots_for_run("run-a")
+        assert storage.claim_concurrency_slot(DEPLOY_POOL, "run-b", "deployed_model").is_claimed
