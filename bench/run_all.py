@@ -19,6 +19,7 @@ BENCHMARKS = [
     ["bench/sft.py"],
     ["bench/rl.py"],
     ["bench/triton_serving.py"],
+    ["bench/serving_load.py"],  # locust sweep + end to end + 5-minute soak (about 12 minutes)
 ]
 
 
