@@ -10,6 +10,7 @@ Beam search (B users, beam width W, levels d = 0..L):
         beam = flat // V_d, token = flat % V_d; KV cache rows, prefixes and trie nodes follow `beam`
     item = trie leaf of each final beam, score = sum_d log p(c_d | c_<d, user)   (the model's sequence log-prob)
 
+The loop itself is :meth:`models.semantic_ids.trie.SIDTrie.beam_search`, shared with the served ONNX runtime.
 Scores are the unrenormalised model log-probs, so they equal ``score_all_items`` of the same items. Beams whose
 score is -inf (fewer than W valid prefixes at some level) carry node -1 and are returned as item -1, score -inf
 (only when the catalog has fewer than ``top_k`` items reachable). Distinct beams are distinct prefixes, so no
@@ -53,45 +54,26 @@ def constrained_beam_search(
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Top-k catalog items per user: (item_index Long[B, top_k], log_prob Float[B, top_k]), best first.
 
-    Unfilled slots (catalog smaller than top_k) are item -1 with score -inf."""
-    top_k = beam_width if top_k is None else top_k
-    if beam_width < 1 or top_k < 1:
-        raise ValueError(f"beam_width and top_k must be >= 1, got {beam_width} and {top_k}")
-    if top_k > beam_width:
-        raise ValueError(f"top_k={top_k} cannot exceed beam_width={beam_width}")
+    The search is :meth:`SIDTrie.beam_search` (the one the served ONNX graphs use too); this function only
+    supplies the generator's next-level logits. Unfilled slots (catalog smaller than top_k) are item -1 with
+    score -inf."""
     _check(model, trie)
-    n_levels = model.cfg.n_levels
     with _EvalMode(model):
         memory, memory_mask = model.encode(batch)
         b, dev = memory.shape[0], memory.device
-        cache = model.init_cache(memory, memory_mask)
-        scores = torch.zeros(b, 1, device=dev)
-        nodes = trie.root_nodes(b)
-        prefix = torch.zeros(b, 0, dtype=torch.long, device=dev)
-        rows = torch.arange(b, device=dev)[:, None]
-        for d in range(n_levels):
-            k_cur, v = scores.shape[1], trie.depth_vocab(d)
-            logits, cache = model.decode_step(memory, memory_mask, prefix, cache)  # [B * k_cur, V_d]
-            lp = F.log_softmax(logits.float(), dim=-1)
-            allowed = trie.allowed_mask(nodes.cpu(), d).to(dev)
-            cand = (scores.reshape(-1, 1) + lp).masked_fill(~allowed, float("-inf")).view(b, k_cur * v)
-            scores, flat = cand.topk(min(beam_width, k_cur * v), dim=1)
-            src = (rows * k_cur + flat // v).reshape(-1)  # parent row of each new beam
-            token = (flat % v).reshape(-1)
-            nodes = trie.advance(nodes[src.cpu()], token.cpu(), d)
-            nodes = torch.where(scores.reshape(-1).cpu() > float("-inf"), nodes, -1)
-            prefix = torch.cat([prefix[src], token[:, None]], dim=1)
-            if d + 1 < n_levels:
-                cache = cache.reorder(src)
-        items = trie.leaf_item(nodes).to(dev).view(b, -1)
-        valid = (items >= 0) & (scores > float("-inf"))
-        items = torch.where(valid, items, -1)
-        scores = torch.where(valid, scores, float("-inf"))
-        if items.shape[1] < top_k:  # tiny vocabularies: fewer candidates than requested
-            pad = top_k - items.shape[1]
-            items = torch.cat([items, items.new_full((b, pad), -1)], 1)
-            scores = torch.cat([scores, scores.new_full((b, pad), float("-inf"))], 1)
-        return items[:, :top_k], scores[:, :top_k]
+        state = {"cache": model.init_cache(memory, memory_mask),
+                 "prefix": torch.zeros(b, 0, dtype=torch.long, device=dev)}
+
+        def next_logits(d: int, token: torch.Tensor | None, parent: torch.Tensor | None) -> torch.Tensor:
+            if d > 0:  # the KV cache and the prefixes follow the chosen beams
+                k_prev = state["prefix"].shape[0] // b
+                src = (torch.arange(b, device=dev)[:, None] * k_prev + parent).reshape(-1)
+                state["cache"] = state["cache"].reorder(src)
+                state["prefix"] = torch.cat([state["prefix"][src], token.reshape(-1, 1)], dim=1)
+            logits, state["cache"] = model.decode_step(memory, memory_mask, state["prefix"], state["cache"])
+            return logits
+
+        return trie.beam_search(next_logits, b, beam_width, top_k)
 
 
 def score_all_items(model, batch: dict, codes, max_rows: int = 65536) -> torch.Tensor:

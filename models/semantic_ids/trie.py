@@ -22,10 +22,25 @@ Query-time operations (no Python loop over the batch, vocabulary or items):
 Depth d uses the dense table iff ``n_nodes_d * V_d <= TrieConfig.dense_max_entries`` (``mode="auto"``), so a
 1M-item 3x256 catalog stays small (the 65k x 256 depth-2 table would be 67 MB dense; its CSR is 4 MB).
 ``to_arrays``/``from_arrays`` give a flat numpy dict (offsets, tokens, leaf items) for ``np.savez``.
+
+``beam_search(next_logits, ...)`` is the one trie-constrained beam search of the project (B users, width W):
+
+    s = 0 for one root beam per user
+    for level d = 0..L:
+        logits = next_logits(d, token, parent)         [B * k, >= V_d]; d > 0: the backend first moves its state
+                                                       (KV cache, prefixes) to the chosen beams
+        cand[b, k, v] = s[b, k] + log_softmax(logits[:, :V_d])[v]  if the trie allows v after beam (b, k)  else -inf
+        (s, flat) = topk over (k, v) of cand[b]   (W' = min(W, k * V_d));  parent = flat // V_d, token = flat % V_d
+    item = trie leaf of each beam; score = sum_d log p(c_d | c_<d, user)
+
+The PyTorch generator (models/decoding/beam_search.py) and the exported ONNX graphs served by Triton
+(triton_repo/templates/common/oxygenrec_runtime.py, which ships this file as ``sid_trie.py``) only differ in
+``next_logits``, so what is evaluated is what is served.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Literal
 
@@ -275,3 +290,45 @@ class SIDTrie:
         if codes.dim() != 2 or codes.shape[1] != self.n_levels:
             raise ValueError(f"codes must be (B, {self.n_levels}), got shape {tuple(codes.shape)}")
         return self.leaf_item(self.walk(codes))
+
+    @torch.no_grad()
+    def beam_search(self, next_logits: Callable[[int, torch.Tensor | None, torch.Tensor | None], torch.Tensor],
+                    batch_size: int, beam_width: int, top_k: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """Top-k catalog items per user (module docstring): (item_index Long[B, top_k], log_prob Float[B, top_k]),
+        best first; slots no valid item reaches (catalog smaller than top_k) are item -1 with score -inf.
+
+        ``next_logits(d, token, parent)``: the logits [B * k, >= V_d] of level d for the current beams, row
+        b * k + j = beam j of user b; ``token`` Long[B, k] is the code each beam chose at level d - 1 and
+        ``parent`` Long[B, k] the index (among the previous level's beams of the same user) it extends (both None
+        at d = 0). Distinct beams are distinct prefixes, so no item is returned twice."""
+        top_k = beam_width if top_k is None else top_k
+        if beam_width < 1 or top_k < 1:
+            raise ValueError(f"beam_width and top_k must be >= 1, got {beam_width} and {top_k}")
+        if top_k > beam_width:
+            raise ValueError(f"top_k={top_k} cannot exceed beam_width={beam_width}")
+        b = batch_size
+        scores, nodes, rows = None, self.root_nodes(b), torch.arange(b)[:, None]
+        token = parent = None
+        for d in range(self.n_levels):
+            logits = next_logits(d, token, parent)
+            v = self.depth_vocab(d)
+            if scores is None:
+                scores = torch.zeros(b, 1, device=logits.device)
+            k_cur = scores.shape[1]
+            lp = torch.log_softmax(logits[..., :v].float(), dim=-1).reshape(b * k_cur, v)
+            allowed = self.allowed_mask(nodes, d).to(lp.device)
+            cand = (scores.reshape(-1, 1) + lp).masked_fill(~allowed, float("-inf")).view(b, k_cur * v)
+            scores, flat = cand.topk(min(beam_width, k_cur * v), dim=1)
+            parent, token = flat // v, flat % v
+            src = (rows * k_cur + parent.cpu()).reshape(-1)
+            nodes = self.advance(nodes[src], token.reshape(-1).cpu(), d)
+            nodes = torch.where(scores.reshape(-1).cpu() > float("-inf"), nodes, -1)
+        items = self.leaf_item(nodes).view(b, -1).to(scores.device)
+        valid = (items >= 0) & (scores > float("-inf"))
+        items = torch.where(valid, items, -1)
+        scores = torch.where(valid, scores, float("-inf"))
+        if items.shape[1] < top_k:  # tiny catalogs: fewer candidates than requested
+            pad = top_k - items.shape[1]
+            items = torch.cat([items, items.new_full((b, pad), -1)], 1)
+            scores = torch.cat([scores, scores.new_full((b, pad), float("-inf"))], 1)
+        return items[:, :top_k].contiguous(), scores[:, :top_k].contiguous()

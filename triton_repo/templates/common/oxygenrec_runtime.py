@@ -168,43 +168,24 @@ class OnnxGenerator:
 @torch.no_grad()
 def beam_search(gen: OnnxGenerator, trie, arrays: dict[str, np.ndarray], beam_width: int, top_k: int | None = None):
     """Top-k catalog items per user: (item_index Long[B, top_k], log_prob Float[B, top_k]), best first.
-    ``trie`` is a SIDTrie (models/semantic_ids/trie.py, shipped as sid_trie.py)."""
-    top_k = beam_width if top_k is None else top_k
-    if beam_width < 1 or top_k < 1 or top_k > beam_width:
-        raise ValueError(f"need 1 <= top_k <= beam_width, got top_k={top_k}, beam_width={beam_width}")
+    ``trie`` is a SIDTrie (models/semantic_ids/trie.py, shipped as sid_trie.py): its ``beam_search`` is the one
+    search of the project; this function only supplies the ONNX graphs' next-level logits."""
     if tuple(trie.vocab_sizes) != gen.vocab_sizes:
         raise ValueError(f"trie vocab_sizes {trie.vocab_sizes} != model vocab_sizes {gen.vocab_sizes}")
     enc = gen.encode(arrays)
-    logits, past_k, past_v = enc["logits"], enc["past_k"], enc["past_v"]  # [B, 1, V*], [B, 1, NL, H, P, d_h]
-    b = logits.shape[0]
+    state = {"past_k": enc["past_k"], "past_v": enc["past_v"]}  # [B, k, NL, H, P, d_h]
+    b = enc["logits"].shape[0]
     rows = torch.arange(b)[:, None]
-    scores = torch.zeros(b, 1)
-    nodes = trie.root_nodes(b)
-    token = None
-    for d in range(gen.n_levels):
-        v = gen.vocab_sizes[d]
-        if d > 0:
-            logits, past_k, past_v = gen.step(token, past_k, past_v, enc["cross_k"], enc["cross_v"], enc["memory_mask"])
-        k_cur = scores.shape[1]
-        lp = torch.log_softmax(logits[..., :v].float(), dim=-1).reshape(b * k_cur, v)
-        allowed = trie.allowed_mask(nodes, d)
-        cand = (scores.reshape(-1, 1) + lp).masked_fill(~allowed, float("-inf")).view(b, k_cur * v)
-        scores, flat = cand.topk(min(beam_width, k_cur * v), dim=1)
-        parent, token = flat // v, flat % v
-        src = (rows * k_cur + parent).reshape(-1)
-        nodes = trie.advance(nodes[src], token.reshape(-1), d)
-        nodes = torch.where(scores.reshape(-1) > float("-inf"), nodes, -1)
-        if d + 1 < gen.n_levels:
-            past_k, past_v = past_k[rows, parent], past_v[rows, parent]
-    items = trie.leaf_item(nodes).view(b, -1)
-    valid = (items >= 0) & (scores > float("-inf"))
-    items = torch.where(valid, items, -1)
-    scores = torch.where(valid, scores, float("-inf"))
-    if items.shape[1] < top_k:
-        pad = top_k - items.shape[1]
-        items = torch.cat([items, items.new_full((b, pad), -1)], 1)
-        scores = torch.cat([scores, scores.new_full((b, pad), float("-inf"))], 1)
-    return items[:, :top_k].contiguous(), scores[:, :top_k].contiguous()
+
+    def next_logits(d: int, token, parent):
+        if d == 0:
+            return enc["logits"]  # [B, 1, V*]: the encoder graph already ran the first decoder position
+        past_k, past_v = state["past_k"][rows, parent], state["past_v"][rows, parent]  # follow the chosen beams
+        logits, state["past_k"], state["past_v"] = gen.step(token, past_k, past_v, enc["cross_k"], enc["cross_v"],
+                                                            enc["memory_mask"])
+        return logits
+
+    return trie.beam_search(next_logits, b, beam_width, top_k)
 
 
 def item_id_table(item_ids: list[str]) -> torch.Tensor:
