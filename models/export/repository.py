@@ -248,7 +248,7 @@ def write_model_repository(
         for model in MODELS:
             vdir = staging / model
             vdir.mkdir(parents=True)
-            shutil.copy2(TEMPLATES_DIR / model / "model.py", vdir / "model.py")
+            shutil.copy2(TEMPLATES_DIR / "common" / "model.py", vdir / "model.py")  # one model.py for the three
             shutil.copy2(RUNTIME_PATH, vdir / "oxygenrec_runtime.py")
             for name, src in files[model].items():
                 shutil.copy2(src, vdir / name)

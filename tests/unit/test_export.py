@@ -326,7 +326,7 @@ def _load_model_py(vdir, monkeypatch):
     model = mod.TritonPythonModel()
     cfg_text = (vdir.parent / "config.pbtxt").read_text()
     assert "ORT_THREADS" in cfg_text
-    model.initialize({"model_repository": str(vdir.parent), "model_version": vdir.name,
+    model.initialize({"model_repository": str(vdir.parent), "model_version": vdir.name, "model_name": vdir.parent.name,
                       "model_config": json.dumps({"parameters": {"ORT_THREADS": {"string_value": "1"}}})})
     return model
 
@@ -386,9 +386,9 @@ def test_encoder_and_step_model_py(repo, monkeypatch):
 def test_templates_follow_the_numpy2_rules():
     runtime = (TEMPLATES_DIR / "common" / "oxygenrec_runtime.py").read_text()
     assert "torch.from_dlpack(" in runtime and "Tensor.from_dlpack(" in runtime
+    for src in ((TEMPLATES_DIR / "common" / "model.py").read_text(), runtime):
+        assert "as_numpy(" not in src and "pb_utils.Tensor(" not in src
     for model in MODELS:
-        for src in ((TEMPLATES_DIR / model / "model.py").read_text(), runtime):
-            assert "as_numpy(" not in src and "pb_utils.Tensor(" not in src
         config = (TEMPLATES_DIR / model / "config.pbtxt.tmpl").read_text()
         assert "TYPE_STRING" not in config and "TYPE_BYTES" not in config
 
