@@ -36,7 +36,8 @@ from models.nn.popularity import MostPopular
 from models.semantic_ids.codebook import SemanticIdTable
 from models.semantic_ids.trie import SIDTrie
 
-__all__ = ["compare_models", "evaluate_baselines", "evaluate_generator", "iter_batches", "log_without", "summarize"]
+__all__ = ["baseline_ranked_lists", "compare_models", "evaluate_baselines", "evaluate_generator", "generator_ranked_lists", "iter_batches",
+           "log_without", "summarize"]
 
 
 def iter_batches(batches: Mapping[str, torch.Tensor] | Iterable[Mapping[str, torch.Tensor]], batch_size: int):
@@ -56,6 +57,35 @@ def summarize(ranked: np.ndarray, targets: np.ndarray, groups: np.ndarray, ks: S
     overall = {k: float(v.mean()) for k, v in per_case_metrics(ranked, targets, ks).items()}
     overall["n"] = int(len(targets))
     return overall, table
+
+
+def generator_ranked_lists(
+    model,
+    frame_encoded_batches: Mapping[str, torch.Tensor] | Iterable[Mapping[str, torch.Tensor]],
+    trie: SIDTrie,
+    beam_width: int,
+    top_k: int,
+    batch_size: int = 256,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(ranked item indices [N, top_k] of trie-constrained beam search, target items [N] (-1 unknown), scenario
+    ids [N]) for encoded examples; targets from ``target_item``, else ``trie.lookup(target_sids)``."""
+    dev = next(model.parameters()).device
+    ranked, targets, groups = [], [], []
+    for batch in iter_batches(frame_encoded_batches, batch_size):
+        if "target_item" in batch:
+            tgt = batch["target_item"].cpu()
+        elif "target_sids" in batch:
+            tgt = trie.lookup(batch["target_sids"].cpu().long())
+        else:
+            raise ValueError("encoded batches need 'target_item' or 'target_sids' to be evaluated")
+        inputs = {k: v.to(dev) for k, v in batch.items() if isinstance(v, torch.Tensor)}
+        items, _ = constrained_beam_search(model, inputs, trie, beam_width, top_k=top_k)
+        ranked.append(items.cpu().numpy())
+        targets.append(tgt.numpy())
+        groups.append(batch["scenario"].cpu().numpy())
+    if not ranked:
+        raise ValueError("generator_ranked_lists: no examples")
+    return np.concatenate(ranked), np.concatenate(targets), np.concatenate(groups)
 
 
 def evaluate_generator(
@@ -81,30 +111,60 @@ def evaluate_generator(
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
     if trie.num_items != len(sid_table):
         raise ValueError(f"trie has {trie.num_items} items but the SID table has {len(sid_table)}")
-    dev = next(model.parameters()).device
-    ranked, targets, groups = [], [], []
     t0 = time.perf_counter()
-    for batch in iter_batches(frame_encoded_batches, batch_size):
-        if "target_item" in batch:
-            tgt = batch["target_item"].cpu()
-        elif "target_sids" in batch:
-            tgt = trie.lookup(batch["target_sids"].cpu().long())
-        else:
-            raise ValueError("encoded batches need 'target_item' or 'target_sids' to be evaluated")
-        inputs = {k: v.to(dev) for k, v in batch.items() if isinstance(v, torch.Tensor)}
-        items, _ = constrained_beam_search(model, inputs, trie, beam_width, top_k=max(ks))
-        ranked.append(items.cpu().numpy())
-        targets.append(tgt.numpy())
-        groups.append(batch["scenario"].cpu().numpy())
+    ranked_a, targets_a, group_ids = generator_ranked_lists(model, frame_encoded_batches, trie, beam_width,
+                                                            max(ks), batch_size)
     seconds = time.perf_counter() - t0
-    if not ranked:
-        raise ValueError("evaluate_generator: no examples")
-    ranked_a, targets_a, group_ids = np.concatenate(ranked), np.concatenate(targets), np.concatenate(groups)
     names = np.asarray(scenario_names, dtype=object)[group_ids] if scenario_names is not None else group_ids
     overall, table = summarize(ranked_a, targets_a, names, ks)
     overall.update(n_unknown_targets=int((targets_a < 0).sum()), seconds=seconds,
                    examples_per_s=len(targets_a) / max(seconds, 1e-9))
     return overall, table
+
+
+def baseline_ranked_lists(
+    train_log: pd.DataFrame,
+    test_frame: pd.DataFrame,
+    sid_table: SemanticIdTable,
+    k: int,
+    *,
+    item_col: str = "item_id",
+    scenario_col: str = "scenario",
+    sasrec=None,
+    sasrec_encoder: IdEncoder | None = None,
+    batch_size: int = 256,
+) -> tuple[dict[str, np.ndarray], np.ndarray, int]:
+    """({name: ranked SID-table rows [N, k]} for popularity, per-scenario popularity and optionally SASRec,
+    target rows [N] (-1 = not in the catalog), train interactions outside the catalog); see
+    :func:`evaluate_baselines`."""
+    for name, frame, cols in (("train_log", train_log, (item_col, scenario_col)),
+                              ("test_frame", test_frame, (item_col, scenario_col))):
+        missing = [c for c in cols if c not in frame.columns]
+        if missing:
+            raise ValueError(f"{name} is missing column(s) {missing}; has {list(frame.columns)}")
+    if test_frame.empty:
+        raise ValueError("test_frame is empty")
+    catalog = IdEncoder(ids=sid_table.item_ids, offset=1)  # index j + 1 = table row j (the trie's item index)
+    train_items = catalog.encode(train_log[item_col].astype(str).to_numpy(), unknown="pad")
+    known = train_items > 0  # interactions with items outside the catalog cannot be recommended
+    pop = MostPopular.fit(train_items[known], catalog.n_ids,
+                          scenarios=train_log[scenario_col].astype(str).to_numpy()[known])
+    scen = test_frame[scenario_col].astype(str).to_numpy()
+    targets = catalog.encode(test_frame[item_col].astype(str).to_numpy(), unknown="pad") - 1  # -> table row, -1
+    out = {}
+    for name, per in (("popularity", False), ("popularity_per_scenario", True)):
+        out[name] = pop.recommend(k, scenarios=scen, per_scenario=per) - 1
+    if sasrec is not None:
+        if sasrec_encoder is None:
+            raise ValueError("sasrec needs sasrec_encoder (the IdEncoder it was trained with)")
+        if "long_item_ids" not in test_frame.columns:
+            raise ValueError("SASRec evaluation reads test_frame.long_item_ids (oldest first)")
+        hist = [np.asarray([] if h is None else h, dtype=object).astype(str) for h in test_frame["long_item_ids"]]
+        hist = [h[h > 0] for h in (sasrec_encoder.encode(h, unknown="pad") for h in hist)]
+        ranked = sasrec.recommend(hist, k, batch_size=batch_size).cpu().numpy()
+        # SASRec indices -> raw ids -> table rows, so every model is scored on the same item space
+        out["sasrec"] = catalog.encode(sasrec_encoder.decode(ranked.ravel()).astype(str), unknown="pad").reshape(ranked.shape) - 1
+    return out, targets, int((~known).sum())
 
 
 def evaluate_baselines(
@@ -123,37 +183,15 @@ def evaluate_baselines(
     training frame), fitted on ``train_log`` (train interactions: ``item_id`` + ``scenario``; e.g. the train
     split's target rows). Returns name -> (overall dict, per-scenario DataFrame), like :func:`evaluate_generator`."""
     ks = tuple(int(k) for k in ks)
-    for name, frame, cols in (("train_log", train_log, (item_col, scenario_col)),
-                              ("test_frame", test_frame, (item_col, scenario_col))):
-        missing = [c for c in cols if c not in frame.columns]
-        if missing:
-            raise ValueError(f"{name} is missing column(s) {missing}; has {list(frame.columns)}")
-    if test_frame.empty:
-        raise ValueError("test_frame is empty")
-    catalog = IdEncoder(ids=sid_table.item_ids, offset=1)  # index j + 1 = table row j (the trie's item index)
-    train_items = catalog.encode(train_log[item_col].astype(str).to_numpy(), unknown="pad")
-    known = train_items > 0  # interactions with items outside the catalog cannot be recommended
-    pop = MostPopular.fit(train_items[known], catalog.n_ids,
-                          scenarios=train_log[scenario_col].astype(str).to_numpy()[known])
+    lists, targets, n_unknown = baseline_ranked_lists(
+        train_log, test_frame, sid_table, max(ks), item_col=item_col, scenario_col=scenario_col, sasrec=sasrec,
+        sasrec_encoder=sasrec_encoder, batch_size=batch_size)
     scen = test_frame[scenario_col].astype(str).to_numpy()
-    targets = catalog.encode(test_frame[item_col].astype(str).to_numpy(), unknown="pad") - 1  # -> table row, -1
-    k = max(ks)
     out = {}
-    for name, per in (("popularity", False), ("popularity_per_scenario", True)):
-        ranked = pop.recommend(k, scenarios=scen, per_scenario=per) - 1
+    for name, ranked in lists.items():
         out[name] = summarize(ranked, targets, scen, ks)
-        out[name][0]["n_train_unknown_items"] = int((~known).sum())
-    if sasrec is not None:
-        if sasrec_encoder is None:
-            raise ValueError("sasrec needs sasrec_encoder (the IdEncoder it was trained with)")
-        if "long_item_ids" not in test_frame.columns:
-            raise ValueError("SASRec evaluation reads test_frame.long_item_ids (oldest first)")
-        hist = [np.asarray([] if h is None else h, dtype=object).astype(str) for h in test_frame["long_item_ids"]]
-        hist = [h[h > 0] for h in (sasrec_encoder.encode(h, unknown="pad") for h in hist)]
-        ranked = sasrec.recommend(hist, k, batch_size=batch_size).cpu().numpy()
-        # SASRec indices -> raw ids -> table rows, so every model is scored on the same item space
-        ranked_rows = catalog.encode(sasrec_encoder.decode(ranked.ravel()).astype(str), unknown="pad").reshape(ranked.shape) - 1
-        out["sasrec"] = summarize(ranked_rows, targets, scen, ks)
+        if name.startswith("popularity"):
+            out[name][0]["n_train_unknown_items"] = n_unknown
     return out
 
 
