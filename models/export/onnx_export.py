@@ -433,6 +433,9 @@ def interface(cfg: GeneratorConfig) -> dict:
 
 def export_onnx(generator: OxygenGenerator, out_dir: str | Path, config: ExportConfig = ExportConfig()) -> dict[str, Path]:
     """Write ``encoder.onnx``, ``decoder_step.onnx`` and ``interface.json`` into ``out_dir``."""
+    if generator.cfg.history_bias:
+        raise ValueError("GeneratorConfig.history_bias is not exported yet: the serving runtime's beam search does not "
+                         "apply the repeat bias, so served and evaluated rankings would differ")
     out_dir = Path(out_dir)
     paths = {"encoder": export_encoder(generator, out_dir / "encoder.onnx", config),
              "decoder_step": export_decoder_step(generator, out_dir / "decoder_step.onnx", config)}

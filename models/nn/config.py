@@ -47,6 +47,7 @@ class GeneratorConfig:
     # long history (some history item has prefix (c_<l, v)) get a logit bias b[scenario, l] (trained, init 0).
     # Level 0 = "a cluster the user has visited", the last levels ~ "this exact item again". The model learns from
     # the training targets how often users return to what they had (never on MovieLens; often in cart/checkout).
+    # EXPERIMENTAL, unmeasured: applied in training and constrained_beam_search only; ONNX export and RL refuse it.
     history_bias: bool = False
     # backbone
     d_model: int = 128

@@ -90,6 +90,9 @@ class GeneratorPolicy(nn.Module):
         super().__init__()
         if tuple(trie.vocab_sizes) != tuple(model.cfg.vocab_sizes):
             raise ValueError(f"trie vocab_sizes {trie.vocab_sizes} != generator vocab_sizes {model.cfg.vocab_sizes}")
+        if model.cfg.history_bias:
+            raise ValueError("GeneratorConfig.history_bias is not supported by RL post-training yet (sampling and "
+                             "log-probs would miss the repeat bias)")
         self.model, self.trie, self.config = model, trie, config
         self.model.eval()
 

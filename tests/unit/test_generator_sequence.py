@@ -286,3 +286,15 @@ def test_repeat_bias_is_part_of_training_and_serving_logits():
     for b in range(4):
         seen = {tuple(c) for c in req["long_sids"][b][req["long_mask"][b]].tolist()}
         assert not seen & {tuple(codes[i].tolist()) for i in items[b].tolist() if i >= 0}
+
+
+def test_repeat_bias_is_refused_where_it_is_not_implemented(tmp_path):
+    from models.export import export_onnx
+    from models.rl.generator_policy import GeneratorPolicy
+
+    model = OxygenGenerator(causal_cfg(history_bias=True))
+    with pytest.raises(ValueError, match="history_bias"):
+        export_onnx(model, tmp_path)
+    trie = SIDTrie.from_codes(np.array([[0, 0, 0, 0], [1, 2, 3, 0]]), VOCAB)
+    with pytest.raises(ValueError, match="history_bias"):
+        GeneratorPolicy(model, trie)
