@@ -69,9 +69,14 @@ def constrained_beam_search(
         nodes = trie.root_nodes(b)
         prefix = torch.zeros(b, 0, dtype=torch.long, device=dev)
         rows = torch.arange(b, device=dev)[:, None]
+        bias_inputs = model.history_for_bias(batch) if getattr(model, "repeat_bias", None) is not None else None
         for d in range(n_levels):
             k_cur, v = scores.shape[1], trie.depth_vocab(d)
             logits, cache = model.decode_step(memory, memory_mask, prefix, cache)  # [B * k_cur, V_d]
+            if bias_inputs is not None:  # learned repeat bias (GeneratorConfig.history_bias)
+                scen, hist, hmask = bias_inputs
+                logits = logits + model.repeat_logit_bias(scen.repeat_interleave(k_cur), hist.repeat_interleave(k_cur, 0),
+                                                          hmask.repeat_interleave(k_cur, 0), prefix)
             lp = F.log_softmax(logits.float(), dim=-1)
             allowed = trie.allowed_mask(nodes.cpu(), d).to(dev)
             cand = (scores.reshape(-1, 1) + lp).masked_fill(~allowed, float("-inf")).view(b, k_cur * v)
