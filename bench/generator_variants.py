@@ -28,7 +28,7 @@ import numpy as np
 import pandas as pd
 import torch
 
-from models.eval.diagnosis import rank_metrics
+from models.eval.diagnosis import full_histories, rank_metrics
 from models.eval.generative import generator_ranked
 from models.eval.metrics import target_ranks
 from models.lightning.train import train_generator
@@ -80,11 +80,57 @@ def run_variant(frame: pd.DataFrame, sid_table: SemanticIdTable, gen_fields: dic
                      for h in result.history], "best_val_hr10": result.best_score, "load_avg": os.getloadavg()}
     for split in ("valid", "test"):
         part = frame[frame["split"] == split].reset_index(drop=True)
-        t0 = time.perf_counter()
-        ranked, targets, _, _ = generator_ranked(result.model, result.encoder.encode(part), result.trie, 10, beam)
-        ranks = target_ranks(ranked, np.where(targets >= 0, targets, -2))
-        out[split] = {**rank_metrics(ranks, (1, 5, 10)), "eval_seconds": round(time.perf_counter() - t0, 1)}
-        out[split]["ranks"] = {str(u): (int(r) if np.isfinite(r) else -1) for u, r in zip(part["user_id"], ranks)}
+        encoded = dict(result.encoder.encode(part))
+        encoded["exclude_items"] = seen_rows(frame, split, sid_table)
+        for key, excl in ((split, False), (f"{split}_excl_seen", True)):
+            t0 = time.perf_counter()
+            ranked, targets, _, _ = generator_ranked(result.model, encoded, result.trie, 10, beam, exclude_seen=excl)
+            ranks = target_ranks(ranked, np.where(targets >= 0, targets, -2))
+            out[key] = {**rank_metrics(ranks, (1, 5, 10)), "eval_seconds": round(time.perf_counter() - t0, 1)}
+            out[key]["ranks"] = {str(u): (int(r) if np.isfinite(r) else -1) for u, r in zip(part["user_id"], ranks)}
+    return out
+
+
+def seen_rows(frame: pd.DataFrame, split: str, sid_table: SemanticIdTable) -> torch.Tensor:
+    """Long[N, E]: SID-table rows of every item each ``split`` example's user had before its target (the full
+    history, not the capped long list), -1 padded, in the order of ``frame[frame.split == split]``."""
+    rows = np.flatnonzero((frame["split"] == split).to_numpy())
+    index = pd.Index(np.asarray(sid_table.item_ids).astype(str))
+    hists = [index.get_indexer(np.asarray(h, dtype=str)) for h in full_histories(frame, rows)]
+    width = max(1, max(len(h) for h in hists))
+    out = np.full((len(hists), width), -1, dtype=np.int64)
+    for i, h in enumerate(hists):
+        out[i, : len(h)] = h
+    return torch.from_numpy(out)
+
+
+def baselines(data: Path, frame: pd.DataFrame, sid_table: SemanticIdTable) -> dict:
+    """SASRec (the pipeline's sasrec_baseline weights) and most-popular (fitted on the train split's targets) on
+    the same valid / test examples: metrics and per-user ranks, seen kept and seen excluded (the full history,
+    as for the generator)."""
+    from models.lightning.sasrec_module import load_sasrec
+    from models.nn.popularity import MostPopular
+
+    sasrec, ids = load_sasrec(data / "sasrec_baseline" / "sasrec.pt")
+    train = frame[frame["split"] == "train"]
+    pop = MostPopular.from_frame(train, ids) if hasattr(MostPopular, "from_frame") else None
+    out: dict = {"sasrec_weights": "sasrec_baseline/sasrec.pt"}
+    for split in ("valid", "test"):
+        rows = np.flatnonzero((frame["split"] == split).to_numpy())
+        part = frame.iloc[rows].reset_index(drop=True)
+        hist = [ids.encode(np.asarray(h, dtype=str), unknown="pad") for h in full_histories(frame, rows)]
+        hist = [h[h > 0] for h in hist]
+        targets = ids.encode(part["item_id"].astype(str).to_numpy(), unknown="pad")
+        for excl in (False, True):
+            lists = {"sasrec": sasrec.recommend(hist, 10, exclude_seen=excl).cpu().numpy()}
+            if pop is not None:
+                lists["popularity"] = pop.recommend(10, histories=hist, exclude_seen=excl)
+            for name, ranked in lists.items():
+                ranks = target_ranks(ranked, np.where(targets > 0, targets, -2))
+                key = f"{split}_excl_seen" if excl else split
+                entry = {**rank_metrics(ranks, (1, 5, 10)),
+                         "ranks": {str(u): (int(r) if np.isfinite(r) else -1) for u, r in zip(part["user_id"], ranks)}}
+                out.setdefault(name, {})[key] = entry
     return out
 
 
@@ -98,12 +144,22 @@ def main() -> None:
     parser.add_argument("--beam", type=int, default=20)
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--runs", type=Path, default=Path("data/bench_runs/generator_variants"))
+    parser.add_argument("--baselines", action="store_true",
+                        help="score SASRec (sasrec_baseline) and most-popular instead of training; --name names the file")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     frame = pd.read_parquet(args.data / "training_examples" / "_.parquet")
     sid_table = SemanticIdTable.from_frame(pd.read_parquet(args.data / "item_semantic_ids" / "_.parquet"))
     out_path = RESULTS / args.data.name / f"{args.name}.json"
     out_path.parent.mkdir(parents=True, exist_ok=True)
+    if args.baselines:
+        report = {"data": args.data.name, "name": args.name, **baselines(args.data, frame, sid_table)}
+        out_path.write_text(json.dumps(report, indent=1))
+        for name in ("sasrec", "popularity"):
+            for key, v in report.get(name, {}).items():
+                print(name, key, {m: round(x, 4) for m, x in v.items() if m != "ranks"})
+        print(f"wrote {out_path}")
+        return
     report = {"data": args.data.name, "name": args.name, "gen": args.gen, "sft": args.sft, "beam": args.beam,
               "threads": args.threads, "load_avg_start": os.getloadavg(), "seeds": {}}
     for seed in args.seeds:
@@ -113,7 +169,9 @@ def main() -> None:
         print(json.dumps({"name": args.name, "seed": seed, "train_s": entry["train_wall_seconds"],
                           "cpu_s": entry["cpu_seconds"],
                           "epochs": len(entry["curve"]), "valid": {k: v for k, v in entry["valid"].items() if k != "ranks"},
-                          "test": {k: v for k, v in entry["test"].items() if k != "ranks"}}), flush=True)
+                          "test": {k: v for k, v in entry["test"].items() if k != "ranks"},
+                          "test_excl_seen": {k: v for k, v in entry["test_excl_seen"].items() if k != "ranks"}}),
+              flush=True)
         tmp = out_path.with_suffix(".json.tmp")
         tmp.write_text(json.dumps(report, indent=1))
         tmp.replace(out_path)

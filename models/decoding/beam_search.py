@@ -14,6 +14,10 @@ Scores are the unrenormalised model log-probs, so they equal ``score_all_items``
 score is -inf (fewer than W valid prefixes at some level) carry node -1 and are returned as item -1, score -inf
 (only when the catalog has fewer than ``top_k`` items reachable). Distinct beams are distinct prefixes, so no
 item is returned twice. Only the L+1 levels are looped over in Python.
+
+``exclude_items`` (Long[B, E] catalog rows, -1 = padding; e.g. the items a user already has): at the last level
+every candidate leaf whose item is excluded for that user gets -inf before the top-k, so the beam keeps searching
+and returns the best non-excluded items (the same rule as dropping seen items from a full-catalog ranking).
 """
 
 from __future__ import annotations
@@ -49,11 +53,13 @@ class _EvalMode:
 
 
 def constrained_beam_search(
-    model, batch: dict, trie: SIDTrie, beam_width: int, top_k: int | None = None
+    model, batch: dict, trie: SIDTrie, beam_width: int, top_k: int | None = None,
+    exclude_items: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Top-k catalog items per user: (item_index Long[B, top_k], log_prob Float[B, top_k]), best first.
 
-    Unfilled slots (catalog smaller than top_k) are item -1 with score -inf."""
+    Unfilled slots (catalog smaller than top_k) are item -1 with score -inf. ``exclude_items`` (Long[B, E],
+    -1 padded): catalog rows never returned for that user (see the module docstring)."""
     top_k = beam_width if top_k is None else top_k
     if beam_width < 1 or top_k < 1:
         raise ValueError(f"beam_width and top_k must be >= 1, got {beam_width} and {top_k}")
@@ -79,7 +85,10 @@ def constrained_beam_search(
                                                           hmask.repeat_interleave(k_cur, 0), prefix)
             lp = F.log_softmax(logits.float(), dim=-1)
             allowed = trie.allowed_mask(nodes.cpu(), d).to(dev)
-            cand = (scores.reshape(-1, 1) + lp).masked_fill(~allowed, float("-inf")).view(b, k_cur * v)
+            cand = (scores.reshape(-1, 1) + lp).masked_fill(~allowed, float("-inf"))
+            if exclude_items is not None and d == n_levels - 1:
+                cand = cand.masked_fill(_excluded_leaves(trie, nodes, d, v, exclude_items, k_cur).to(dev), float("-inf"))
+            cand = cand.view(b, k_cur * v)
             scores, flat = cand.topk(min(beam_width, k_cur * v), dim=1)
             src = (rows * k_cur + flat // v).reshape(-1)  # parent row of each new beam
             token = (flat % v).reshape(-1)
@@ -97,6 +106,22 @@ def constrained_beam_search(
             items = torch.cat([items, items.new_full((b, pad), -1)], 1)
             scores = torch.cat([scores, scores.new_full((b, pad), float("-inf"))], 1)
         return items[:, :top_k], scores[:, :top_k]
+
+
+def _excluded_leaves(trie: SIDTrie, nodes: torch.Tensor, depth: int, v: int, exclude_items: torch.Tensor,
+                     k_cur: int) -> torch.Tensor:
+    """Bool[B * k_cur, v]: the last-level candidate (beam row, token) completes an item excluded for its user."""
+    rows = nodes.shape[0]
+    child = trie.advance(nodes.cpu().repeat_interleave(v), torch.arange(v).repeat(rows), depth)
+    leaf = trie.leaf_item(child).view(rows, v)  # -1 where not an item
+    excl = torch.as_tensor(exclude_items).long().cpu()
+    if excl.dim() != 2 or excl.shape[0] * k_cur != rows:
+        raise ValueError(f"exclude_items must be [B, E] with one row per user ({rows // k_cur}), got {tuple(excl.shape)}")
+    n = trie.num_items
+    user = torch.arange(rows) // k_cur  # beam row -> user
+    banned = (torch.arange(excl.shape[0])[:, None] * n + excl)[excl >= 0]  # user * N + item, one membership test
+    hit = torch.isin(user[:, None] * n + leaf, banned)
+    return hit & (leaf >= 0)
 
 
 def score_all_items(model, batch: dict, codes, max_rows: int = 65536) -> torch.Tensor:

@@ -42,6 +42,7 @@ __all__ = [
     "bucket_table",
     "bucketize",
     "curve_summary",
+    "full_histories",
     "in_history",
     "is_repeat",
     "paired_bootstrap",
@@ -54,6 +55,35 @@ __all__ = [
 HISTORY_EDGES = (0, 1, 5, 10, 20, 50, 100, 200)
 # target popularity (train events of the target item) buckets [lo, hi)
 POPULARITY_EDGES = (0, 1, 10, 50, 100, 200, 400)
+
+
+def full_histories(frame: pd.DataFrame, rows: np.ndarray | None = None, *, order_col: str = "position",
+                   user_col: str = "user_id", item_col: str = "item_id",
+                   history_col: str = "long_item_ids") -> list[np.ndarray]:
+    """Every item a user had before each example's target (raw ids, oldest first), rebuilt from the whole frame
+    (all splits): the earliest example's ``history_col`` + the targets of the user's earlier examples (by
+    ``order_col``). Unlike ``history_col`` it is never capped. ``rows``: positions in ``frame`` to return
+    (default all)."""
+    for col in (order_col, user_col, item_col, history_col):
+        if col not in frame.columns:
+            raise ValueError(f"frame needs {col!r}; has {list(frame.columns)}")
+    rows = np.arange(len(frame)) if rows is None else np.asarray(rows)
+    order = np.lexsort((frame[order_col].to_numpy(), frame[user_col].astype(str).to_numpy()))
+    users = frame[user_col].astype(str).to_numpy()[order]
+    items = frame[item_col].astype(str).to_numpy()[order]
+    hists = frame[history_col].to_numpy()[order]
+    out_of = np.empty(len(frame), dtype=object)
+    start = 0
+    while start < len(order):
+        end = start
+        while end < len(order) and users[end] == users[start]:
+            end += 1
+        first = hists[start]
+        prefix = [str(x) for x in (() if first is None else first)]
+        for j in range(start, end):
+            out_of[order[j]] = np.asarray(prefix + list(items[start:j]), dtype=object)
+        start = end
+    return [out_of[r] for r in rows]
 
 
 def _ranks(ranks) -> np.ndarray:

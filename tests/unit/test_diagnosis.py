@@ -105,3 +105,19 @@ def test_in_history_marks_seen_recommendations():
     assert got.tolist() == [[True, False], [False, False], [True, True]]
     with pytest.raises(ValueError, match="rows"):
         in_history(np.array([["a"]]), hist)
+
+
+def test_full_histories_are_uncapped_and_only_the_past():
+    import pandas as pd
+
+    from models.eval.diagnosis import full_histories
+
+    frame = pd.DataFrame({
+        "user_id": ["u", "u", "u", "v", "v"],
+        "position": [3, 1, 2, 1, 2],
+        "item_id": ["c", "a", "b", "x", "y"],
+        "long_item_ids": [["a", "b"], ["z"], ["a"], ["w"], ["x"]],  # capped lists: rebuilt, not read, after the first
+    })
+    out = full_histories(frame)
+    assert [list(h) for h in out] == [["z", "a", "b"], ["z"], ["z", "a"], ["w"], ["w", "x"]]
+    assert [list(h) for h in full_histories(frame, np.array([0]))] == [["z", "a", "b"]]
