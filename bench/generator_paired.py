@@ -1,7 +1,10 @@
 """Paired bootstrap (models/eval/significance.py) of generator runs against SASRec on the same test examples,
 from per-user ranks written by bench.generator_variants (generator) and its --baselines mode (SASRec).
 
-    python -m bench.generator_paired --baselines <baselines.json> --results <variant.json> [--out <json>]
+    python -m bench.generator_paired --baselines <baselines.json> --results <variant.json> [<more seeds>.json]
+        [--out <json>]
+
+Several --results files of the same configuration (e.g. seed 0 and seeds 1 2 run separately) are pooled by seed.
 
 Per seed and for seen kept / seen excluded: HR@10 and NDCG@10 differences (generator - SASRec) with 95% CIs;
 with several seeds also the mean ± std (ddof=1) of the test metrics.
@@ -27,13 +30,23 @@ def per_example(ranks: dict, users: list[str]) -> dict[str, np.ndarray]:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--baselines", type=Path, required=True)
-    ap.add_argument("--results", type=Path, required=True)
+    ap.add_argument("--results", type=Path, nargs="+", required=True)
     ap.add_argument("--resamples", type=int, default=2000)
     ap.add_argument("--out", type=Path, default=None)
     args = ap.parse_args()
     base = json.loads(args.baselines.read_text())["sasrec"]
-    res = json.loads(args.results.read_text())
-    report: dict = {"candidate": res["name"], "reference": "sasrec (sasrec_baseline)", "seeds": {}, "summary": {}}
+    runs = [json.loads(p.read_text()) for p in args.results]
+    configs = {json.dumps([r["gen"], r["sft"], r["beam"]], sort_keys=True) for r in runs}
+    if len(configs) != 1:
+        raise SystemExit("--results must share one configuration (gen, sft, beam)")
+    res = {"name": runs[0]["name"], "seeds": {}}
+    for r in runs:
+        for seed, e in r["seeds"].items():
+            if seed in res["seeds"]:
+                raise SystemExit(f"seed {seed} appears twice")
+            res["seeds"][seed] = e
+    report: dict = {"candidate": [r["name"] for r in runs], "reference": "sasrec (sasrec_baseline)", "seeds": {},
+                    "summary": {}}
     for key in ("test", "test_excl_seen"):
         users = sorted(base[key]["ranks"])
         ref = per_example(base[key]["ranks"], users)
