@@ -15,6 +15,10 @@ Scores are the unrenormalised model log-probs, so they equal ``score_all_items``
 score is -inf (fewer than W valid prefixes at some level) carry node -1 and are returned as item -1, score -inf
 (only when the catalog has fewer than ``top_k`` items reachable). Distinct beams are distinct prefixes, so no
 item is returned twice. Only the L+1 levels are looped over in Python.
+
+``exclude_items`` (Long[B, E] catalog rows, -1 = padding; e.g. the items a user already has): at the last level
+every candidate leaf whose item is excluded for that user gets -inf before the top-k, so the beam keeps searching
+and returns the best non-excluded items (the same rule as dropping seen items from a full-catalog ranking).
 """
 
 from __future__ import annotations
@@ -50,19 +54,22 @@ class _EvalMode:
 
 
 def constrained_beam_search(
-    model, batch: dict, trie: SIDTrie, beam_width: int, top_k: int | None = None
+    model, batch: dict, trie: SIDTrie, beam_width: int, top_k: int | None = None,
+    exclude_items: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Top-k catalog items per user: (item_index Long[B, top_k], log_prob Float[B, top_k]), best first.
 
     The search is :meth:`SIDTrie.beam_search` (the one the served ONNX graphs use too); this function only
-    supplies the generator's next-level logits. Unfilled slots (catalog smaller than top_k) are item -1 with
-    score -inf."""
+    supplies the generator's next-level logits (with the learned repeat bias when ``history_bias`` is on).
+    Unfilled slots (catalog smaller than top_k) are item -1 with score -inf. ``exclude_items`` (Long[B, E],
+    -1 padded): catalog rows never returned for that user (see the module docstring)."""
     _check(model, trie)
     with _EvalMode(model):
         memory, memory_mask = model.encode(batch)
         b, dev = memory.shape[0], memory.device
         state = {"cache": model.init_cache(memory, memory_mask),
                  "prefix": torch.zeros(b, 0, dtype=torch.long, device=dev)}
+        bias_inputs = model.history_for_bias(batch) if getattr(model, "repeat_bias", None) is not None else None
 
         def next_logits(d: int, token: torch.Tensor | None, parent: torch.Tensor | None) -> torch.Tensor:
             if d > 0:  # the KV cache and the prefixes follow the chosen beams
@@ -71,9 +78,14 @@ def constrained_beam_search(
                 state["cache"] = state["cache"].reorder(src)
                 state["prefix"] = torch.cat([state["prefix"][src], token.reshape(-1, 1)], dim=1)
             logits, state["cache"] = model.decode_step(memory, memory_mask, state["prefix"], state["cache"])
+            if bias_inputs is not None:  # learned repeat bias (GeneratorConfig.history_bias)
+                scen, hist, hmask = bias_inputs
+                k_cur = state["prefix"].shape[0] // b
+                logits = logits + model.repeat_logit_bias(scen.repeat_interleave(k_cur), hist.repeat_interleave(k_cur, 0),
+                                                          hmask.repeat_interleave(k_cur, 0), state["prefix"])
             return logits
 
-        return trie.beam_search(next_logits, b, beam_width, top_k)
+        return trie.beam_search(next_logits, b, beam_width, top_k, exclude_items=exclude_items)
 
 
 def score_all_items(model, batch: dict, codes, max_rows: int = 65536) -> torch.Tensor:

@@ -66,9 +66,11 @@ def summarize(ranked: np.ndarray, targets: np.ndarray, groups: np.ndarray, ks: S
 
 
 def generator_ranked(model, frame_encoded_batches, trie: SIDTrie, k: int, beam_width: int = 20,
-                     batch_size: int = 256) -> tuple[np.ndarray, np.ndarray, np.ndarray, float]:
+                     batch_size: int = 256, exclude_seen: bool = False) -> tuple[np.ndarray, np.ndarray, np.ndarray, float]:
     """(ranked item rows [N, k] with -1 for unfilled slots, target rows [N] (-1 unknown), scenario ids [N],
-    seconds) of trie-constrained beam search over encoded examples (one dict or an iterable of dicts)."""
+    seconds) of trie-constrained beam search over encoded examples (one dict or an iterable of dicts).
+    ``exclude_seen``: the batches carry ``exclude_items`` (Long[N, E] catalog rows, -1 padded; e.g. the user's
+    whole history) and the search never returns them (as ``exclude_seen`` of SASRec / popularity)."""
     if not 1 <= k <= beam_width:
         raise ValueError(f"k must be in [1, beam_width={beam_width}], got {k}")
     if batch_size < 1:
@@ -83,8 +85,11 @@ def generator_ranked(model, frame_encoded_batches, trie: SIDTrie, k: int, beam_w
             tgt = trie.lookup(batch["target_sids"].cpu().long())
         else:
             raise ValueError("encoded batches need 'target_item' or 'target_sids' to be evaluated")
-        inputs = {key: v.to(dev) for key, v in batch.items() if isinstance(v, torch.Tensor)}
-        items, _ = constrained_beam_search(model, inputs, trie, beam_width, top_k=k)
+        inputs = {key: v.to(dev) for key, v in batch.items() if isinstance(v, torch.Tensor) and key != "exclude_items"}
+        if exclude_seen and "exclude_items" not in batch:
+            raise ValueError("exclude_seen needs 'exclude_items' in the encoded batches")
+        extra = {"exclude_items": batch["exclude_items"]} if exclude_seen else {}
+        items, _ = constrained_beam_search(model, inputs, trie, beam_width, top_k=k, **extra)
         ranked.append(items.cpu().numpy())
         targets.append(tgt.numpy())
         groups.append(batch["scenario"].cpu().numpy())

@@ -193,6 +193,12 @@ class EncoderExport(nn.Module):
                      has_instruction=has_instruction, short_sids=short_sids, short_mask=short_mask,
                      long_sids=long_sids, long_mask=long_mask)
         memory, memory_mask = g.encode(batch)
+        if g.cfg.history_encoder == "causal":
+            # the causal encoder reads no short-term list; keep its two inputs in the graph (the exporter drops
+            # unused inputs) so every generator has the same interface. `anchor` is always True; slot 0 is the
+            # causal memory's always-valid null slot, so the mask does not change.
+            anchor = (short_sids[:, 0, 0] * 0 == 0) & (short_mask[:, 0] | ~short_mask[:, 0])
+            memory_mask = torch.cat([memory_mask[:, :1] & anchor[:, None], memory_mask[:, 1:]], 1)
         kv = [blk.cross_kv(memory) for blk in g.dec_blocks]
         cross_k = torch.stack([k for k, _ in kv], 1)  # [B, NL, H, T, d_h]
         cross_v = torch.stack([v for _, v in kv], 1)
@@ -427,6 +433,9 @@ def interface(cfg: GeneratorConfig) -> dict:
 
 def export_onnx(generator: OxygenGenerator, out_dir: str | Path, config: ExportConfig = ExportConfig()) -> dict[str, Path]:
     """Write ``encoder.onnx``, ``decoder_step.onnx`` and ``interface.json`` into ``out_dir``."""
+    if generator.cfg.history_bias:
+        raise ValueError("GeneratorConfig.history_bias is not exported yet: the serving runtime's beam search does not "
+                         "apply the repeat bias, so served and evaluated rankings would differ")
     out_dir = Path(out_dir)
     paths = {"encoder": export_encoder(generator, out_dir / "encoder.onnx", config),
              "decoder_step": export_decoder_step(generator, out_dir / "decoder_step.onnx", config)}

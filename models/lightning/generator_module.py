@@ -104,7 +104,8 @@ class GeneratorModule(L.LightningModule):
 
     def _shared_step(self, batch: dict, stage: str) -> torch.Tensor:
         out = self.model(batch)
-        b = int(batch["scenario"].shape[0])
+        # examples in the batch (sequence batches: their training targets), the weight of the epoch means
+        b = int(out["n_targets"]) if "n_targets" in out else int(batch["scenario"].shape[0])
         metrics = {f"{stage}_{name}": out[key].detach() for name, key in LOSS_KEYS.items()}
         self.log_dict(metrics, on_step=False, on_epoch=True, batch_size=b, sync_dist=stage != "train")
         if stage == "train":

@@ -86,6 +86,18 @@ class SFTConfig:
     val_every_n_epochs: int = 1
     num_workers: int = 0
     resume: bool = True  # continue from out_dir/last.ckpt when it exists
+    # "last": one training target per example row (the example's own features). "all": every position of the
+    # users' sequences in one pass (needs GeneratorConfig.history_encoder="causal"): a batch is batch_size windows
+    # of max_long + 1 items (models/lightning/generator_data.sequence_windows), so an epoch still trains each
+    # train example once, with a causal encoder pass per window instead of per example.
+    # training budget: max_epochs passes over the train examples (limit_train_batches caps the batches of a pass),
+    # optionally max_steps optimizer steps (None = no cap); both are deterministic from config + seed. The
+    # wall-clock cap is only reported (SFTResult.over_wall_clock_cap and a warning), never used to stop training,
+    # so the same config always trains the same model whatever the machine's load.
+    max_steps: int | None = None
+    wall_clock_cap_s: float | None = None
+    train_positions: str = "last"
+    window_stride: int | None = None  # "all": targets per window after a user's first one (None: (max_long + 1) // 2)
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "ks", tuple(int(k) for k in self.ks))
@@ -98,6 +110,14 @@ class SFTConfig:
             raise ValueError(f"SFTConfig.min_lr_ratio must be in [0, 1], got {self.min_lr_ratio}")
         if not self.ks or min(self.ks) < 1 or max(self.ks) > self.beam_width:
             raise ValueError(f"SFTConfig.ks must be positive and <= beam_width={self.beam_width}, got {self.ks}")
+        if self.max_steps is not None and self.max_steps < 1:
+            raise ValueError(f"SFTConfig.max_steps must be >= 1 or None, got {self.max_steps}")
+        if self.wall_clock_cap_s is not None and self.wall_clock_cap_s <= 0:
+            raise ValueError(f"SFTConfig.wall_clock_cap_s must be > 0 or None, got {self.wall_clock_cap_s}")
+        if self.train_positions not in ("last", "all"):
+            raise ValueError(f"SFTConfig.train_positions must be 'last' or 'all', got {self.train_positions!r}")
+        if self.window_stride is not None and self.window_stride < 1:
+            raise ValueError(f"SFTConfig.window_stride must be >= 1 or None, got {self.window_stride}")
         if 10 not in self.ks:
             raise ValueError(f"SFTConfig.ks must contain 10 (checkpointing and early stopping monitor {MONITOR})")
 
@@ -114,6 +134,7 @@ class SFTResult:
     best_score: float | None
     resumed_from: Path | None
     train_seconds: float
+    over_wall_clock_cap: bool = False  # train_seconds > SFTConfig.wall_clock_cap_s (reported, training not stopped)
 
 
 class MetricsHistory(Callback):
@@ -181,8 +202,11 @@ def _data_module(frames_or_datamodule, sid_table: SemanticIdTable, scenarios: Se
         if "train" not in parts or parts["train"].empty:
             raise ValueError("the train split is empty: nothing to train on")
         encoder = ExampleEncoder.fit(parts["train"], sid_table, scenarios, EncoderConfig.from_generator(base))
+    if cfg.train_positions == "all" and base.history_encoder != "causal":
+        raise ValueError("SFTConfig.train_positions='all' needs GeneratorConfig.history_encoder='causal'")
     return GeneratorDataModule(parts, encoder, batch_size=cfg.batch_size, eval_batch_size=cfg.eval_batch_size,
-                               num_workers=cfg.num_workers, seed=cfg.seed)
+                               num_workers=cfg.num_workers, seed=cfg.seed, train_positions=cfg.train_positions,
+                               window_stride=cfg.window_stride)
 
 
 def train_generator(
@@ -229,6 +253,7 @@ def train_generator(
     warn_only_before = torch.is_deterministic_algorithms_warn_only_enabled()
     trainer = L.Trainer(
         max_epochs=cfg.max_epochs,
+        max_steps=cfg.max_steps if cfg.max_steps is not None else -1,
         accelerator=cfg.accelerator,
         devices=cfg.devices,
         strategy=cfg.strategy,
@@ -260,6 +285,10 @@ def train_generator(
         # Trainer(deterministic=True) switches torch to deterministic algorithms process-wide: undo it
         torch.use_deterministic_algorithms(deterministic_before, warn_only=warn_only_before)
     train_seconds = time.perf_counter() - t0
+    over_cap = cfg.wall_clock_cap_s is not None and train_seconds > cfg.wall_clock_cap_s
+    if over_cap:
+        warnings.warn(f"SFT took {train_seconds:.0f} s, over the wall-clock cap of {cfg.wall_clock_cap_s:.0f} s "
+                      "(reported only: the budget is max_epochs / max_steps)", stacklevel=2)
 
     best = Path(ckpt.best_model_path) if ckpt.best_model_path else None
     last_path = Path(ckpt.last_model_path) if ckpt.last_model_path else last
@@ -276,6 +305,7 @@ def train_generator(
         best_score=float(score) if score is not None else None,
         resumed_from=resume_path,
         train_seconds=train_seconds,
+        over_wall_clock_cap=over_cap,
     )
 
 

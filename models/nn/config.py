@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass, fields
 
-__all__ = ["GeneratorConfig", "INSTRUCTION_POSITIONS"]
+__all__ = ["GeneratorConfig", "HISTORY_ENCODERS", "INSTRUCTION_POSITIONS"]
 
 # Where the decoder sees the instruction token (paper Table 5; "right_of_bos" was best):
 #   none          [BOS, c0, ..., c_{L-1}]
@@ -13,6 +13,7 @@ __all__ = ["GeneratorConfig", "INSTRUCTION_POSITIONS"]
 #   left_of_bos   [INS, BOS, c0, ...]
 #   right_of_bos  [BOS, INS, c0, ...]
 INSTRUCTION_POSITIONS = ("none", "replace_bos", "add_to_bos", "left_of_bos", "right_of_bos")
+HISTORY_ENCODERS = ("set", "causal")
 
 
 @dataclass(frozen=True)
@@ -29,6 +30,25 @@ class GeneratorConfig:
     # the n_recent newest long-history items (over all scenarios) always enter the encoder, in recency order:
     # the session context (e.g. the product viewed right before a cart page) lives in other scenarios
     n_recent: int = 0
+    # how the encoder reads the user's history:
+    #   "set"    the paper's encoder: [profile, Is, Ir, short, recent, IGR top-k] with bidirectional attention
+    #   "causal" a SASRec-style causal encoder over the newest max_long long-history items (oldest -> newest,
+    #            right-aligned position embeddings); memory = [profile tokens, item states]; the scenario and
+    #            reasoning instruction reach the decoder through its instruction token INS. The short-term list,
+    #            n_recent and IGR are not used. Item state j only sees items <= j, so one pass over a user's
+    #            sequence trains every position (``forward_sequence``) and serving (encode the whole history,
+    #            decode once) is exactly the computation of the sequence's last position.
+    history_encoder: str = "set"
+    # hashed item-level embedding added to the sum of code embeddings of every history item (0 = off): the
+    # full SID tuple is hashed into this many buckets by two independent hashes (two rows summed), so items
+    # with similar codes still get their own vector. Only the encoder's item tokens use it (the decoder reads codes).
+    item_buckets: int = 0
+    # learned repeat awareness: at decoding level l the codes v that continue the prefix into an item of the user's
+    # long history (some history item has prefix (c_<l, v)) get a logit bias b[scenario, l] (trained, init 0).
+    # Level 0 = "a cluster the user has visited", the last levels ~ "this exact item again". The model learns from
+    # the training targets how often users return to what they had (never on MovieLens; often in cart/checkout).
+    # EXPERIMENTAL, unmeasured: applied in training and constrained_beam_search only; ONNX export and RL refuse it.
+    history_bias: bool = False
     # backbone
     d_model: int = 128
     n_heads: int = 4
@@ -71,6 +91,10 @@ class GeneratorConfig:
             raise ValueError(f"GeneratorConfig.n_recent must be in [0, max_long={self.max_long}], got {self.n_recent}")
         if self.d_model % self.n_heads:
             raise ValueError(f"GeneratorConfig.d_model={self.d_model} must be divisible by n_heads={self.n_heads}")
+        if self.history_encoder not in HISTORY_ENCODERS:
+            raise ValueError(f"GeneratorConfig.history_encoder must be one of {HISTORY_ENCODERS}, got {self.history_encoder!r}")
+        if self.item_buckets < 0:
+            raise ValueError(f"GeneratorConfig.item_buckets must be >= 0, got {self.item_buckets}")
         if self.ffn not in ("dense", "moe"):
             raise ValueError(f"GeneratorConfig.ffn must be 'dense' or 'moe', got {self.ffn!r}")
         if self.moe_top_k > self.n_experts:
@@ -102,6 +126,8 @@ class GeneratorConfig:
     @property
     def min_long(self) -> int:
         """Long-history slots the exported encoder needs (recent + IGR top-k are constants of the graph)."""
+        if self.history_encoder == "causal":
+            return 1
         return min(self.n_recent + self.igr_top_k, self.max_long)
 
     def to_dict(self) -> dict:

@@ -46,6 +46,8 @@ Losses (``forward``):
 
 from __future__ import annotations
 
+import math
+
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
@@ -57,6 +59,9 @@ from .layers import DecoderBlock, DecoderCache, EncoderBlock, MoEFeedForward, ma
 __all__ = ["OxygenGenerator", "SEGMENTS"]
 
 SEGMENTS = {"profile": 0, "scenario": 1, "instruction": 2, "short": 3, "long": 4}
+_HASH_P = 2**31 - 1
+_HASH_A = torch.tensor([1_103_515_245, 69_069])
+_HASH_B = torch.tensor([12_345, 1_013_904_223])
 
 
 class OxygenGenerator(nn.Module):
@@ -90,9 +95,20 @@ class OxygenGenerator(nn.Module):
             self.dec_blocks = nn.ModuleList(DecoderBlock(d, cfg.n_heads, ffn(), cfg.dropout) for _ in range(cfg.dec_layers))
             self.dec_ln = nn.LayerNorm(d)
             self.heads = nn.ModuleList(nn.Linear(d, v) for v in cfg.vocab_sizes)
-            self.igr = IGRAdapter(d, cfg.igr_dim, cfg.igr_hidden) if cfg.use_igr else None
+            causal = cfg.history_encoder == "causal"
+            self.igr = IGRAdapter(d, cfg.igr_dim, cfg.igr_hidden) if cfg.use_igr and not causal else None
+            # causal history encoder: right-aligned positions (the newest item always at max_long - 1), and a
+            # LayerNorm for the context tokens that enter the memory without passing the causal encoder
+            self.seq_pos = nn.Embedding(cfg.max_long, d) if causal else None
+            self.ctx_ln = nn.LayerNorm(d) if causal else None
+            # an always-valid memory slot: a request without profile and history still has a slot to attend to
+            self.null_memory = nn.Parameter(torch.zeros(d)) if causal else None
+            self.item_hash = nn.Embedding(cfg.item_buckets, d) if cfg.item_buckets else None
             self.apply(self._init_weights)
+            self.repeat_bias = nn.Parameter(torch.zeros(cfg.n_scenarios, L1)) if cfg.history_bias else None
             nn.init.normal_(self.bos, std=0.02)
+            if self.null_memory is not None:
+                nn.init.normal_(self.null_memory, std=0.02)
 
     @staticmethod
     def _init_weights(m: nn.Module) -> None:
@@ -107,6 +123,23 @@ class OxygenGenerator(nn.Module):
     def item_repr(self, sids: torch.Tensor) -> torch.Tensor:
         """Float[..., d] = sum over levels of the code embeddings of ``sids`` Long[..., L+1]."""
         return self.code_emb(sids + self.code_offsets).sum(-2)
+
+    def item_buckets(self, sids: torch.Tensor) -> torch.Tensor:
+        """Long[..., 2]: two hash buckets in [0, item_buckets) of each full SID tuple ``sids`` Long[..., L+1].
+
+        key = mixed-radix number of the tuple (unique per tuple), bucket_i = ((a_i key + b_i) mod p) mod n,
+        p = 2^31 - 1 (all products stay below 2^63 for tuples with prod(vocab) < 2^31)."""
+        vs = self.cfg.vocab_sizes
+        radix = torch.tensor([math.prod(vs[l + 1:]) for l in range(len(vs))], dtype=torch.long, device=sids.device)
+        key = (sids * radix).sum(-1, keepdim=True) % _HASH_P
+        return ((key * _HASH_A.to(sids.device) + _HASH_B.to(sids.device)) % _HASH_P) % self.cfg.item_buckets
+
+    def history_repr(self, sids: torch.Tensor) -> torch.Tensor:
+        """Encoder token of history items: ``item_repr`` plus the hashed item-level embedding (if configured)."""
+        x = self.item_repr(sids)
+        if self.item_hash is not None:
+            x = x + self.item_hash(self.item_buckets(sids)).sum(-2)
+        return x
 
     def _check_sids(self, name: str, sids: torch.Tensor, mask: torch.Tensor | None, lead: tuple[int, ...]) -> torch.Tensor:
         L1 = self.cfg.n_levels
@@ -166,38 +199,49 @@ class OxygenGenerator(nn.Module):
         return self.scenario_emb(scen), self.instr_proj(r.to(default.dtype))
 
     # ------------------------------------------------------------------ encoder
+    def _profile_tokens(self, batch: dict, b: int) -> tuple[torch.Tensor, torch.Tensor] | None:
+        """(profile tokens Float[B, P, d] incl. field and segment embeddings, mask Bool[B, P]) or None."""
+        cfg = self.cfg
+        profile = batch.get("profile")
+        if profile is None or profile.shape[-1] == 0:
+            return None
+        if profile.dim() != 2 or profile.shape[0] != b or profile.shape[1] > cfg.n_profile_fields:
+            raise ValueError(f"batch['profile'] must be [B={b}, P<={cfg.n_profile_fields}], got {tuple(profile.shape)}")
+        pmask = batch.get("profile_mask")
+        pmask = (profile != 0) if pmask is None else pmask.bool()
+        profile = torch.where(pmask, profile.long(), 0)
+        if bool(((profile < 0) | (profile >= cfg.profile_vocab_size)).any()):
+            raise ValueError(f"batch['profile'] ids must be in [0, {cfg.profile_vocab_size})")
+        p = profile.shape[1]
+        tokens = self.profile_emb(profile) + self.field_emb.weight[:p] + self.segment_emb.weight[SEGMENTS["profile"]]
+        return tokens, pmask
+
     def _encode(self, batch: dict) -> tuple[torch.Tensor, torch.Tensor, list[torch.Tensor], dict]:
         cfg = self.cfg
+        if cfg.history_encoder == "causal":
+            return self._encode_causal(batch)
         scen, reason = self.instruction_parts(batch)
         b, dev = scen.shape[0], scen.device
         seg = self.segment_emb.weight
         tokens, masks = [], []
 
-        profile = batch.get("profile")
-        if profile is not None and profile.shape[-1] > 0:
-            if profile.dim() != 2 or profile.shape[0] != b or profile.shape[1] > cfg.n_profile_fields:
-                raise ValueError(f"batch['profile'] must be [B={b}, P<={cfg.n_profile_fields}], got {tuple(profile.shape)}")
-            pmask = batch.get("profile_mask")
-            pmask = (profile != 0) if pmask is None else pmask.bool()
-            profile = torch.where(pmask, profile.long(), 0)
-            if bool(((profile < 0) | (profile >= cfg.profile_vocab_size)).any()):
-                raise ValueError(f"batch['profile'] ids must be in [0, {cfg.profile_vocab_size})")
-            p = profile.shape[1]
-            tokens.append(self.profile_emb(profile) + self.field_emb.weight[:p] + seg[SEGMENTS["profile"]])
-            masks.append(pmask)
+        prof = self._profile_tokens(batch, b)
+        if prof is not None:
+            tokens.append(prof[0])
+            masks.append(prof[1])
 
         tokens += [(scen + seg[SEGMENTS["scenario"]])[:, None], (reason + seg[SEGMENTS["instruction"]])[:, None]]
         masks += [torch.ones(b, 2, dtype=torch.bool, device=dev)]
 
         short, smask = self._history(batch, "short_sids", cfg.max_short, b)
         if short.shape[1]:
-            tokens.append(self.item_repr(short) + self.short_pos.weight[: short.shape[1]] + seg[SEGMENTS["short"]])
+            tokens.append(self.history_repr(short) + self.short_pos.weight[: short.shape[1]] + seg[SEGMENTS["short"]])
             masks.append(smask)
 
         info: dict = {}
         long, lmask = self._history(batch, "long_sids", cfg.max_long, b)
         if long.shape[1]:
-            long_e = self.item_repr(long)  # [B, M, d], newest first
+            long_e = self.history_repr(long)  # [B, M, d], newest first
             n_recent = min(cfg.n_recent, long.shape[1])
             if n_recent:
                 tokens.append(long_e[:, :n_recent] + self.recent_pos.weight[:n_recent])  # per-slot emb = segment
@@ -230,6 +274,156 @@ class OxygenGenerator(nn.Module):
         memory_mask = torch.cat([key_mask, torch.zeros(b, 1, dtype=torch.bool, device=dev)], dim=1)
         info.update(scenario_emb=scen, reasoning_emb=reason)
         return memory, memory_mask, auxes, info
+
+    # ------------------------------------------------------------------ repeat awareness
+    def history_hits(self, hist: torch.Tensor, hmask: torch.Tensor, prefix: torch.Tensor) -> torch.Tensor:
+        """Bool[R, V_l], l = prefix.shape[1]: code v continues ``prefix`` Long[R, l] into an item of the row's history
+        ``hist`` Long[R, M, L+1] (mask Bool[R, M])."""
+        level = prefix.shape[1]
+        match = hmask & (hist[:, :, :level] == prefix[:, None, :]).all(-1)  # [R, M]
+        hot = torch.zeros(prefix.shape[0], self.cfg.vocab_sizes[level], device=prefix.device)
+        hot.scatter_add_(1, hist[:, :, level], match.to(hot.dtype))
+        return hot > 0
+
+    def repeat_logit_bias(self, scenario: torch.Tensor, hist: torch.Tensor, hmask: torch.Tensor,
+                          prefix: torch.Tensor) -> torch.Tensor:
+        """Float[R, V_l]: b[scenario_r, l] where code v continues row r's prefix into one of its history items, else 0
+        (``history_bias``); ``scenario`` Long[R]."""
+        hits = self.history_hits(hist, hmask, prefix)
+        return hits.to(self.repeat_bias.dtype) * self.repeat_bias[scenario, prefix.shape[1]][:, None]
+
+    def history_for_bias(self, batch: dict) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(scenario Long[B], long history Long[B, M, L+1], mask Bool[B, M]) of a request batch, for the repeat bias."""
+        b = batch["scenario"].shape[0]
+        long, lmask = self._history(batch, "long_sids", self.cfg.max_long, b)
+        return batch["scenario"].long(), long, lmask
+
+    # ------------------------------------------------------------------ causal history encoder
+    def _causal_states(self, items: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, list[torch.Tensor]]:
+        """Item states Float[B, T, d] of a right-aligned, oldest-first history ``items`` Long[B, T, L+1] (mask
+        Bool[B, T], real items at the right end): state j attends to the real items <= j only (padding queries
+        attend to themselves, so no attention row is empty). Position of slot j = max_long - T + j."""
+        t, dev = items.shape[1], items.device
+        if t > self.cfg.max_long:
+            raise ValueError(f"history has {t} slots, more than max_long={self.cfg.max_long}")
+        pos = self.seq_pos.weight[self.cfg.max_long - t :]
+        x = self.enc_drop(self.history_repr(items) + pos + self.segment_emb.weight[SEGMENTS["long"]])
+        ar = torch.arange(t, device=dev)
+        allowed = (ar[None, :] <= ar[:, None])[None] & mask[:, None, :]  # [B, T(query), T(key)]
+        allowed = (allowed | (ar[None, :] == ar[:, None])[None])[:, None]  # (no EyeLike: ONNX has none for bool)
+        auxes = []
+        for blk in self.enc_blocks:
+            x, aux = blk(x, mask, allowed)
+            auxes.append(aux)
+        return self.enc_ln(x), auxes
+
+    def _context_memory(self, batch: dict, b: int, dev) -> tuple[torch.Tensor, torch.Tensor]:
+        """Memory slots of the causal encoder's context: [null slot (always valid), profile tokens], LayerNormed."""
+        null = self.null_memory.expand(b, 1, -1)
+        ones = torch.ones(b, 1, dtype=torch.bool, device=dev)
+        prof = self._profile_tokens(batch, b)
+        if prof is None:
+            return self.ctx_ln(null), ones
+        return self.ctx_ln(self.enc_drop(torch.cat([null, prof[0]], 1))), torch.cat([ones, prof[1]], 1)
+
+    def _encode_causal(self, batch: dict) -> tuple[torch.Tensor, torch.Tensor, list[torch.Tensor], dict]:
+        """memory = [profile tokens, causal states of the newest max_long long items (oldest first), INS]."""
+        scen, reason = self.instruction_parts(batch)
+        b, dev = scen.shape[0], scen.device
+        ctx, ctx_mask = self._context_memory(batch, b, dev)
+        long, lmask = self._history(batch, "long_sids", self.cfg.max_long, b)  # newest first, real items first
+        states, auxes = self._causal_states(long.flip(1), lmask.flip(1))
+        instr = (scen + reason)[:, None]
+        memory = torch.cat([ctx, states, instr], dim=1)
+        memory_mask = torch.cat([ctx_mask, lmask.flip(1), torch.zeros(b, 1, dtype=torch.bool, device=dev)], dim=1)
+        return memory, memory_mask, auxes, {"scenario_emb": scen, "reasoning_emb": reason}
+
+    def forward_sequence(self, batch: dict) -> dict:
+        """Teacher-forced loss of every position of right-aligned windows of users' sequences (causal encoder only).
+
+        Batch (B windows of W = T + 1 slots, oldest first, real slots at the right end):
+
+            seq_sids             Long[B, W, L+1]   the window's items
+            seq_mask             Bool[B, W]        real slots
+            seq_loss_mask        Bool[B, W]        slots whose item is a training target (a subset of seq_mask)
+            seq_scenario         Long[B, W]        per slot: the scenario of the request that led to that item
+            seq_instruction_emb  Float[B, W, D_r]  per slot: its reasoning instruction (has_instruction False ->
+            seq_has_instruction  Bool[B, W]          the learnable default)
+            profile (+ profile_mask)               Long[B, P]: the user's profile
+
+        Row r predicts item r from memory = [profile, causal states of items 0..r-1] and the decoder instruction
+        token of slot r. The states of items 0..r-1 are those of the full window (causal: item j never sees j' > j),
+        so row W - 1 is exactly ``encode`` of a request whose history is items 0..W-2 followed by decoding.
+
+            ce = (1 / (L+1)) sum_l mean_{rows with loss} CE(logits_l, code_l)
+        """
+        cfg = self.cfg
+        if cfg.history_encoder != "causal":
+            raise ValueError("forward_sequence needs history_encoder='causal'")
+        for key in ("seq_sids", "seq_mask", "seq_loss_mask", "seq_scenario"):
+            if key not in batch:
+                raise ValueError(f"forward_sequence needs batch[{key!r}]")
+        seq, smask, lmask = batch["seq_sids"], batch["seq_mask"].bool(), batch["seq_loss_mask"].bool()
+        if seq.dim() != 3 or seq.shape[1] < 2:
+            raise ValueError(f"batch['seq_sids'] must be [B, W>=2, {cfg.n_levels}], got {tuple(seq.shape)}")
+        b, w = seq.shape[:2]
+        for key in ("seq_mask", "seq_loss_mask", "seq_scenario"):
+            if tuple(batch[key].shape) != (b, w):
+                raise ValueError(f"batch[{key!r}] must have shape {(b, w)}, got {tuple(batch[key].shape)}")
+        if bool((lmask & ~smask).any()):
+            raise ValueError("batch['seq_loss_mask'] marks slots that batch['seq_mask'] says are padding")
+        seq = self._check_sids("seq_sids", seq, smask, (b, w))
+        dev = seq.device
+        # per-slot instruction token INS = Is + Ir
+        rows = {"scenario": batch["seq_scenario"].reshape(-1)}
+        if "seq_instruction_emb" in batch:
+            rows["instruction_emb"] = batch["seq_instruction_emb"].reshape(b * w, -1)
+        if "seq_has_instruction" in batch:
+            rows["has_instruction"] = batch["seq_has_instruction"].reshape(-1)
+        scen, reason = self.instruction_parts(rows)
+        instr = scen + reason  # [B * W, d]
+        ctx, ctx_mask = self._context_memory(batch, b, dev)
+        states, enc_aux = self._causal_states(seq[:, :-1], smask[:, :-1])  # items 0..W-2 are memory
+        memory = torch.cat([ctx, states], dim=1)  # [B, P + W - 1, d]
+        ar = torch.arange(w, device=dev)
+        see_item = (ar[None, :-1] < ar[:, None])[None] & smask[:, None, :-1]  # [B, W(row), W-1(item)]
+        cross = torch.cat([ctx_mask[:, None, :].expand(b, w, -1), see_item], dim=2)  # [B, W, S]
+        n_dec = cfg.n_prefix + cfg.n_levels - 1
+        cross = cross.repeat_interleave(n_dec, dim=1)[:, None]  # [B, 1, W * n_dec, S]: row-major like grouped queries
+        # only rows from the first one with a loss in any window are decoded (loss rows are a suffix of each
+        # window: batches of windows with equally many targets waste no decoder work)
+        r0 = int(lmask.any(0).long().argmax()) if bool(lmask.any()) else w - 1
+        cross = cross[:, :, r0 * n_dec :]
+        ks, vs = zip(*(blk.cross_kv(memory) for blk in self.dec_blocks))
+        instr = instr.view(b, w, -1)[:, r0:].reshape(b * (w - r0), -1)
+        cache = DecoderCache(list(ks), list(vs), cross, instr)
+        flat = seq[:, r0:].reshape(b * (w - r0), -1)
+        h, _, _, dec_aux = self._run_decoder(self._decoder_inputs(instr, flat[:, : cfg.n_levels - 1]), cache)
+        sel = lmask[:, r0:].reshape(-1)
+        target = flat[sel]
+        first = cfg.n_prefix - 1
+        hs = h[sel]
+        logits = [head(hs[:, first + l]) for l, head in enumerate(self.heads)]
+        if self.repeat_bias is not None:  # row (b, r)'s history = window items 0..r-1
+            rows = torch.arange(b, device=dev)[:, None].expand(b, w - r0).reshape(-1)[sel]
+            pos = torch.arange(r0, w, device=dev)[None, :].expand(b, w - r0).reshape(-1)[sel]
+            hist = seq[rows, :-1]
+            hmask = smask[rows, :-1] & (torch.arange(w - 1, device=dev)[None, :] < pos[:, None])
+            scen_rows = batch["seq_scenario"][:, r0:].reshape(-1)[sel].long()
+            logits = [lg + self.repeat_logit_bias(scen_rows, hist, hmask, target[:, :l]) for l, lg in enumerate(logits)]
+        nll = torch.stack([F.cross_entropy(lg, target[:, l], reduction="none") for l, lg in enumerate(logits)], 1)
+        if cfg.label_smoothing > 0:
+            ce = torch.stack([F.cross_entropy(lg, target[:, l], label_smoothing=cfg.label_smoothing)
+                              for l, lg in enumerate(logits)]).mean()
+        else:
+            ce = nll.mean()
+        zero = ce.new_zeros(())
+        moe_aux = [a for a, blk in zip(enc_aux + dec_aux, [*self.enc_blocks, *self.dec_blocks])
+                   if isinstance(blk.ffn, MoEFeedForward)]
+        aux = torch.stack(moe_aux).mean() if moe_aux else zero
+        return {"loss": ce + cfg.moe_aux_weight * aux, "ce_loss": ce, "q2i_loss": zero, "q2i_nce": zero,
+                "q2i_var": zero, "q2i_decor": zero, "aux_loss": aux, "logits": logits, "nll": nll.sum(1),
+                "n_targets": int(sel.sum())}
 
     def encode(self, batch: dict) -> tuple[torch.Tensor, torch.Tensor]:
         """(memory Float[B, T+1, d], memory_mask Bool[B, T+1]); the last slot is the decoder instruction token."""
@@ -329,12 +523,17 @@ class OxygenGenerator(nn.Module):
     # ------------------------------------------------------------------ training / scoring
     def forward(self, batch: dict) -> dict:
         cfg = self.cfg
+        if "seq_sids" in batch:
+            return self.forward_sequence(batch)
         memory, memory_mask, enc_aux, info = self._encode(batch)
         b = memory.shape[0]
         if "target_sids" not in batch:
             raise ValueError("forward needs batch['target_sids'] (Long[B, L+1]); use encode/decode_step for inference")
         target = self._check_sids("target_sids", batch["target_sids"], None, (b,))
         logits, dec_aux = self.decoder_logits(memory, memory_mask, target)
+        if self.repeat_bias is not None:
+            scen_b, hist, hmask = self.history_for_bias(batch)
+            logits = [lg + self.repeat_logit_bias(scen_b, hist, hmask, target[:, :l]) for l, lg in enumerate(logits)]
         nll = torch.stack([F.cross_entropy(lg, target[:, l], reduction="none") for l, lg in enumerate(logits)], 1)
         if cfg.label_smoothing > 0:
             ce = torch.stack([F.cross_entropy(lg, target[:, l], label_smoothing=cfg.label_smoothing)

@@ -143,7 +143,7 @@ def make_ffn(kind: str, d_model: int, hidden: int, n_experts: int, top_k: int, d
 
 
 class EncoderBlock(nn.Module):
-    """Bidirectional self-attention + FFN. ``key_mask`` [B, T] True = real token."""
+    """Self-attention (bidirectional unless an ``attn_mask`` is given) + FFN. ``key_mask`` [B, T] True = real token."""
 
     def __init__(self, d_model: int, n_heads: int, ffn: nn.Module, dropout: float) -> None:
         super().__init__()
@@ -152,10 +152,13 @@ class EncoderBlock(nn.Module):
         self.ffn = ffn
         self.drop = nn.Dropout(dropout)
 
-    def forward(self, x: torch.Tensor, key_mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def forward(self, x: torch.Tensor, key_mask: torch.Tensor,
+                attn_mask: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """``attn_mask`` [B, 1, T, T] (True = query may attend key), e.g. causal; default: every real key."""
         h = self.ln1(x)
         k, v = self.attn.key_value(h)
-        x = x + self.drop(self.attn.attend(self.attn.query(h), k, v, key_mask[:, None, None, :]))
+        mask = key_mask[:, None, None, :] if attn_mask is None else attn_mask
+        x = x + self.drop(self.attn.attend(self.attn.query(h), k, v, mask))
         y, aux = self.ffn(self.ln2(x), key_mask)
         return x + y, aux
 

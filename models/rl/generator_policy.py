@@ -100,6 +100,9 @@ class GeneratorPolicy(nn.Module):
             if item_codes is None or tuple(item_codes.shape) != (trie.num_items, model.cfg.n_levels):
                 raise ValueError(f"beam groups need item_codes [{trie.num_items}, {model.cfg.n_levels}] (the SID "
                                  f"table's codes), got {None if item_codes is None else tuple(item_codes.shape)}")
+        if model.cfg.history_bias:
+            raise ValueError("GeneratorConfig.history_bias is not supported by RL post-training yet (sampling and "
+                             "log-probs would miss the repeat bias)")
         self.model, self.trie, self.config = model, trie, config
         self.item_codes = None if item_codes is None else torch.as_tensor(item_codes, dtype=torch.long)
         self.model.eval()

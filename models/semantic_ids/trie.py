@@ -293,14 +293,18 @@ class SIDTrie:
 
     @torch.no_grad()
     def beam_search(self, next_logits: Callable[[int, torch.Tensor | None, torch.Tensor | None], torch.Tensor],
-                    batch_size: int, beam_width: int, top_k: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+                    batch_size: int, beam_width: int, top_k: int | None = None,
+                    exclude_items: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         """Top-k catalog items per user (module docstring): (item_index Long[B, top_k], log_prob Float[B, top_k]),
         best first; slots no valid item reaches (catalog smaller than top_k) are item -1 with score -inf.
 
         ``next_logits(d, token, parent)``: the logits [B * k, >= V_d] of level d for the current beams, row
         b * k + j = beam j of user b; ``token`` Long[B, k] is the code each beam chose at level d - 1 and
         ``parent`` Long[B, k] the index (among the previous level's beams of the same user) it extends (both None
-        at d = 0). Distinct beams are distinct prefixes, so no item is returned twice."""
+        at d = 0). Distinct beams are distinct prefixes, so no item is returned twice. ``exclude_items``
+        (Long[B, E] catalog rows, -1 = padding; e.g. the items a user already has): at the last level every
+        candidate leaf whose item is excluded for that user gets -inf before the top-k, so the search returns the
+        best items that are not excluded."""
         top_k = beam_width if top_k is None else top_k
         if beam_width < 1 or top_k < 1:
             raise ValueError(f"beam_width and top_k must be >= 1, got {beam_width} and {top_k}")
@@ -317,7 +321,11 @@ class SIDTrie:
             k_cur = scores.shape[1]
             lp = torch.log_softmax(logits[..., :v].float(), dim=-1).reshape(b * k_cur, v)
             allowed = self.allowed_mask(nodes, d).to(lp.device)
-            cand = (scores.reshape(-1, 1) + lp).masked_fill(~allowed, float("-inf")).view(b, k_cur * v)
+            cand = (scores.reshape(-1, 1) + lp).masked_fill(~allowed, float("-inf"))
+            if exclude_items is not None and d == self.n_levels - 1:
+                cand = cand.masked_fill(self.excluded_leaves(nodes, d, exclude_items, k_cur).to(lp.device),
+                                        float("-inf"))
+            cand = cand.view(b, k_cur * v)
             scores, flat = cand.topk(min(beam_width, k_cur * v), dim=1)
             parent, token = flat // v, flat % v
             src = (rows * k_cur + parent.cpu()).reshape(-1)
@@ -332,3 +340,16 @@ class SIDTrie:
             items = torch.cat([items, items.new_full((b, pad), -1)], 1)
             scores = torch.cat([scores, scores.new_full((b, pad), float("-inf"))], 1)
         return items[:, :top_k].contiguous(), scores[:, :top_k].contiguous()
+
+    def excluded_leaves(self, nodes: torch.Tensor, depth: int, exclude_items: torch.Tensor, k_cur: int) -> torch.Tensor:
+        """Bool[B * k_cur, V_depth]: the candidate (beam row, token) completes an item excluded for the beam's user."""
+        rows, v = nodes.shape[0], self.depth_vocab(depth)
+        child = self.advance(nodes.cpu().repeat_interleave(v), torch.arange(v).repeat(rows), depth)
+        leaf = self.leaf_item(child).view(rows, v)  # -1 where not an item
+        excl = torch.as_tensor(exclude_items).long().cpu()
+        if excl.dim() != 2 or excl.shape[0] * k_cur != rows:
+            raise ValueError(f"exclude_items must be [B, E] with one row per user ({rows // k_cur}), got {tuple(excl.shape)}")
+        n = self.num_items
+        user = torch.arange(rows) // k_cur  # beam row -> user
+        banned = (torch.arange(excl.shape[0])[:, None] * n + excl)[excl >= 0]  # user * N + item: one membership test
+        return torch.isin(user[:, None] * n + leaf, banned) & (leaf >= 0)

@@ -130,3 +130,22 @@ def test_bad_arguments_raise():
         constrained_beam_search(model, batch, other, beam_width=4)
     with pytest.raises(ValueError, match="codes"):
         score_all_items(model, batch, codes[:, :3])
+
+
+def test_excluded_items_never_returned_and_wide_beam_equals_masked_brute_force():
+    codes = catalog(30)
+    model = model_for()
+    trie = SIDTrie.from_codes(codes, VOCAB)
+    batch = mixed_batch(codes)
+    brute = score_all_items(model, batch, codes)
+    # exclude each user's 3 best items (+ padding), different per user
+    top3 = brute.topk(3, dim=1).indices
+    exclude = torch.cat([top3, torch.full((4, 2), -1)], 1)
+    items, scores = constrained_beam_search(model, batch, trie, beam_width=32, top_k=10, exclude_items=exclude)
+    masked = brute.scatter(1, top3, float("-inf"))
+    best_scores, best_items = masked.topk(10, dim=1)
+    assert torch.equal(items, best_items)
+    assert torch.allclose(scores, best_scores, atol=1e-5)
+    assert not (items[:, :, None] == top3[:, None, :]).any()
+    with pytest.raises(ValueError):
+        constrained_beam_search(model, batch, trie, beam_width=32, top_k=10, exclude_items=exclude[:2])

@@ -117,7 +117,9 @@ def test_encoder_and_step_parity_every_depth(exported):
 @pytest.mark.parametrize("kw", [dict(ffn="moe", n_experts=3, moe_top_k=2, dec_layers=2),
                                 dict(instruction_position="left_of_bos", use_igr=False),
                                 dict(instruction_position="none", enc_layers=2),
-                                dict(n_recent=3), dict(n_recent=3, use_igr=False)])
+                                dict(n_recent=3), dict(n_recent=3, use_igr=False),
+                                dict(history_encoder="causal", item_buckets=64, enc_layers=2),
+                                dict(history_encoder="causal", ffn="moe", n_experts=3, moe_top_k=2)])
 def test_parity_other_architectures(kw, tmp_path):
     model = spread(OxygenGenerator(small_cfg(**kw)))
     check_parity(model, export_onnx(model, tmp_path), batch_sizes=(1, 3), beams=2)
