@@ -13,7 +13,7 @@ import pandas as pd
 import time
 import warnings
 
-from dagster import DagsterInstance
+from dagster import AssetCheckSeverity, DagsterInstance
 
 from .jobs import PARTITION_RANGE_END, PARTITION_RANGE_START, all_scenarios_tags
 from .partitions import SCENARIOS, instruction_day_partitions
@@ -167,8 +167,15 @@ def print_run(result) -> None:
         shown = ", ".join(parts) if len(parts) <= 8 else f"{parts[0]} .. {parts[-1]} ({len(parts)})"
         print(f"        {name} partitions: {shown}")
     for event in result.get_asset_check_evaluations():
-        status = "PASS" if event.passed else "FAIL"
-        print(f"  check {event.asset_key.to_user_string()}.{event.check_name:<24} {status}")
+        print(check_line(event))
+
+
+def check_line(event) -> str:
+    """One summary line per asset check: PASS, FAIL, or WARN for a failed warning-level check (the run went on),
+    with the check's description when it did not pass."""
+    status = "PASS" if event.passed else ("WARN" if event.severity == AssetCheckSeverity.WARN else "FAIL")
+    line = f"  check {event.asset_key.to_user_string()}.{event.check_name:<24} {status}"
+    return line if event.passed or not event.description else f"{line}: {event.description}"
 
 
 def main(argv: list[str] | None = None) -> int:
