@@ -28,7 +28,7 @@ from models.decoding import constrained_beam_search
 from models.export import ServingConfig, VersionClient, write_model_repository
 from models.export.version_client import ONLINE_COLUMNS
 from models.export.verify import verify_staged_version
-from models.lightning.generator_data import ExampleEncoder
+from models.features.example_encoder import ExampleEncoder
 from models.lightning.train import load_generator
 from models.semantic_ids import SemanticIdTable
 from models.semantic_ids.trie import SIDTrie

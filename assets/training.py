@@ -22,7 +22,7 @@ from models.eval.cases import gate as paired_gate_on_cases
 from models.eval.generative import evaluate_splits
 from models.eval.split import encode_ids, leave_last_out
 from models.lightning.ablations import run_ablations, summary_table
-from models.lightning.generator_data import ExampleEncoder
+from models.features.example_encoder import ExampleEncoder
 from models.lightning.progress import EpochProgress
 from models.lightning.sasrec_module import load_sasrec, save_sasrec, train_sasrec
 from models.lightning.train import SFTConfig, load_generator, train_generator

@@ -20,7 +20,7 @@ from bench.generator_variants import seen_rows
 from models.eval.diagnosis import full_histories, rank_metrics
 from models.eval.generative import generator_ranked
 from models.eval.metrics import target_ranks
-from models.lightning.generator_data import ExampleEncoder
+from models.features.example_encoder import ExampleEncoder
 from models.lightning.train import load_generator
 from models.semantic_ids import SemanticIdTable
 from models.semantic_ids.trie import SIDTrie

@@ -88,7 +88,7 @@ class ServingWorld:
 
     def with_sid_table(self, table: SemanticIdTable) -> "ServingWorld":
         """The same world and encoder vocabularies over another SID table (a re-fitted codebook)."""
-        from models.lightning.generator_data import ExampleEncoder
+        from models.features.example_encoder import ExampleEncoder
 
         e = self.encoder
         encoder = ExampleEncoder(e.scenarios, e.fields, e.tokens, table, e.config)
@@ -125,7 +125,7 @@ def build_serving_world(root: str | Path, config: ServingWorldConfig = ServingWo
     """Write the world's raw items and its Feast store under ``root`` (the layout of the pipeline's data
     directory: ``raw_items/_.parquet``, ``feast/``), fit the example encoder."""
     from feature_repo.store import OxyFeatureStore
-    from models.lightning.generator_data import EncoderConfig, ExampleEncoder
+    from models.features.example_encoder import EncoderConfig, ExampleEncoder
 
     root = Path(root)
     world = generate_world(WorldConfig(n_users=config.n_users, n_items=config.n_items, n_days=config.n_days,

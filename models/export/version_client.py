@@ -117,7 +117,7 @@ class VersionClient:
 
     version: int
     version_dir: Path
-    encoder: object  # models.lightning.generator_data.ExampleEncoder
+    encoder: object  # models.features.example_encoder.ExampleEncoder
     config: GeneratorConfig
     sid_table: SemanticIdTable
     meta: dict
@@ -128,7 +128,7 @@ class VersionClient:
         """Read a published ``oxygenrec_generate/<v>`` directory: the checksums (manifest.json) of the files a
         client reads, the SID-table hash and the encoder/generator fit are verified; VersionMismatchError says
         what disagrees."""
-        from models.lightning.generator_data import EncoderConfig, ExampleEncoder  # imports lightning (see README)
+        from models.features.example_encoder import EncoderConfig, ExampleEncoder
 
         vdir = Path(version_dir)
         rt = load_runtime()

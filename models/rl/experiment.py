@@ -42,7 +42,7 @@ import torch
 from models.eval.cases import compare, summary_table
 from models.eval.generative import generator_ranked
 from models.eval.metrics import target_ranks
-from models.lightning.generator_data import ExampleEncoder
+from models.features.example_encoder import ExampleEncoder
 from models.lightning.train import load_generator
 from models.semantic_ids import SemanticIdTable
 from models.semantic_ids.trie import SIDTrie

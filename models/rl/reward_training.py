@@ -19,7 +19,7 @@ import numpy as np
 import pandas as pd
 import torch
 
-from models.lightning.generator_data import ExampleEncoder
+from models.features.example_encoder import ExampleEncoder
 from models.semantic_ids import SemanticIdTable
 from models.semantic_ids.trie import SIDTrie
 

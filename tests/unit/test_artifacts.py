@@ -134,7 +134,7 @@ def _model_writers(tmp_path: Path):
     import pandas as pd
 
     from models.eval.split import encode_ids
-    from models.lightning.generator_data import ExampleEncoder
+    from models.features.example_encoder import ExampleEncoder
     from models.lightning.sasrec_module import save_sasrec
     from models.lightning.train import save_generator
     from models.nn.config import GeneratorConfig

@@ -12,7 +12,7 @@ import dataclasses
 import pytest
 import torch
 
-from models.lightning.generator_data import ExampleEncoder
+from models.features.example_encoder import ExampleEncoder
 from models.lightning.train import SFTConfig, train_generator
 from tests.unit.test_generator_data import SCENARIOS, make_catalog, make_frame
 from tests.unit.test_generator_module import TINY

@@ -15,7 +15,7 @@ from models.eval import cases as cases_mod
 from models.eval.generative import evaluate_baselines, evaluate_generator
 from models.eval.metrics import ranking_metrics
 from models.eval.split import IdEncoder
-from models.lightning.generator_data import ExampleEncoder
+from models.features.example_encoder import ExampleEncoder
 from models.nn import GeneratorConfig, OxygenGenerator
 from models.nn.sasrec import SASRec, SASRecConfig
 from models.semantic_ids.trie import SIDTrie

@@ -9,7 +9,7 @@ import lightning as L
 import pytest
 import torch
 
-from models.lightning.generator_data import ExampleEncoder
+from models.features.example_encoder import ExampleEncoder
 from models.lightning.generator_module import GeneratorModule, warmup_cosine
 from models.lightning.train import SFTConfig, load_generator, read_checkpoint, save_generator, train_generator
 from models.nn import GeneratorConfig

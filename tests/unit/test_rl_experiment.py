@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from models.eval.metrics import rank_metrics
-from models.lightning.generator_data import ExampleEncoder
+from models.features.example_encoder import ExampleEncoder
 from models.lightning.train import save_generator
 from models.nn import GeneratorConfig, OxygenGenerator
 from models.rl import RewardModel, RewardModelConfig, save_reward_model

@@ -25,7 +25,7 @@ from models.export import (
     write_model_repository,
 )
 from models.export.version_client import sid_table_sha256, write_client_files
-from models.lightning.generator_data import EncoderConfig, ExampleEncoder
+from models.features.example_encoder import EncoderConfig, ExampleEncoder
 from models.nn import GeneratorConfig
 from models.semantic_ids import SemanticIdTable
 from models.semantic_ids.trie import SIDTrie
@@ -168,3 +168,18 @@ def test_request_log_is_bounded_and_skips_torn_lines(tmp_path):
     assert len(log.recent(10_000)) < 200  # older records were rotated away
     with pytest.raises(ValueError, match="max_bytes must be >= 1024"):
         RequestLog(tmp_path / "x", max_bytes=10)
+
+
+def test_the_serving_path_never_imports_lightning():
+    """The online recommender and its client encode requests with the version's ExampleEncoder
+    (models/features/example_encoder.py): none of it may pull in the training stack."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    code = ("import sys, triton_repo.recommend, triton_repo.client, models.export.version_client, "
+            "models.features.example_encoder; "
+            "print(sorted(m for m in sys.modules if m.split('.')[0] in ('lightning', 'pytorch_lightning')))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
+                         cwd=Path(__file__).resolve().parents[2])
+    assert out.stdout.strip() == "[]"
