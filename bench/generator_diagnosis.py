@@ -49,13 +49,13 @@ from models.eval.diagnosis import (
     curve_summary,
     in_history,
     is_repeat,
-    paired_bootstrap,
     rank_metrics,
     search_loss,
     sid_usage,
 )
 from models.eval.generative import baseline_ranked, generator_ranked, log_without
 from models.eval.metrics import target_ranks
+from models.eval.significance import paired_bootstrap
 from models.eval.split import encode_ids, leave_last_out
 from models.lightning.generator_data import ExampleEncoder, _event_order_key
 from models.lightning.sasrec_module import load_sasrec, train_sasrec
@@ -93,6 +93,11 @@ def read_curve(csv_dir: Path, column: str) -> list[float]:
     if column not in m.columns:
         return []
     return [float(v) for v in m.dropna(subset=[column]).groupby("epoch")[column].last().to_numpy()]
+
+
+def interval(c) -> dict:
+    """The keys this benchmark's results have always used, from the shared paired bootstrap."""
+    return {"mean_diff": c.difference, "lo": c.low, "hi": c.high, "n": c.n, "n_boot": c.resamples}
 
 
 def main() -> None:
@@ -171,8 +176,8 @@ def main() -> None:
         overall[name]["seen_share_top10"] = float(in_history(np.where(rows >= 0, ids[rows], ""), part["long_item_ids"]).mean())
     hits = {name: (r < 10).astype(float) for name, r in ranks.items()}
     gains = {name: np.where(r < 10, 1.0 / np.log2(np.where(r < 10, r, 0) + 2.0), 0.0) for name, r in ranks.items()}
-    bootstrap = {"hr@10": paired_bootstrap(hits["generator"], hits["sasrec"]),
-                 "ndcg@10": paired_bootstrap(gains["generator"], gains["sasrec"])}
+    bootstrap = {m: interval(paired_bootstrap(v["generator"], v["sasrec"], metric=m, resamples=2000))
+                 for m, v in (("hr@10", hits), ("ndcg@10", gains))}
 
     # buckets
     hist_len = history_lengths(frame, part)

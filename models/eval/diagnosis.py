@@ -45,7 +45,6 @@ __all__ = [
     "full_histories",
     "in_history",
     "is_repeat",
-    "paired_bootstrap",
     "rank_metrics",
     "search_loss",
     "sid_usage",
@@ -246,21 +245,6 @@ def sid_usage(codes, vocab_sizes: Sequence[int], weights=None) -> dict:
             raise ValueError(f"weights must have shape ({n},), got {w.shape}")
         out["interactions_on_colliding_tuple"] = float(w[tuple_size > 1].sum() / max(w.sum(), 1e-12))
     return out
-
-
-def paired_bootstrap(a, b, n_boot: int = 2000, seed: int = 0, alpha: float = 0.05) -> dict[str, float]:
-    """mean(a - b) with a (1 - alpha) percentile bootstrap interval over examples (pairs resampled together).
-    ``a``, ``b``: per-example metric values of two models on the same examples (e.g. hits or NDCG gains)."""
-    x, y = np.asarray(a, dtype=np.float64), np.asarray(b, dtype=np.float64)
-    if x.shape != y.shape or x.ndim != 1 or x.size == 0:
-        raise ValueError(f"a and b must be 1-D arrays of the same non-zero length, got {x.shape} and {y.shape}")
-    if n_boot < 1 or not 0 < alpha < 1:
-        raise ValueError(f"need n_boot >= 1 and alpha in (0, 1), got {n_boot}, {alpha}")
-    d = x - y
-    idx = np.random.default_rng(seed).integers(0, d.size, (n_boot, d.size))
-    means = d[idx].mean(1)
-    return {"mean_diff": float(d.mean()), "lo": float(np.quantile(means, alpha / 2)),
-            "hi": float(np.quantile(means, 1 - alpha / 2)), "n": int(d.size), "n_boot": int(n_boot)}
 
 
 def curve_summary(values: Sequence[float], window: int = 3) -> dict:

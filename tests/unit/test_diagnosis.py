@@ -10,7 +10,6 @@ from models.eval.diagnosis import (
     curve_summary,
     in_history,
     is_repeat,
-    paired_bootstrap,
     rank_metrics,
     search_loss,
     sid_usage,
@@ -79,17 +78,6 @@ def test_sid_usage_branching_and_collisions():
     assert out["items_with_colliding_tuple"] == 0.5
     assert out["interactions_on_colliding_tuple"] == pytest.approx(0.5)
     assert out["rq"]["collision_max"] == 2 and out["rq"]["n_unique_ids"] == 3
-
-
-def test_paired_bootstrap_detects_a_shift_and_keeps_pairs():
-    rng = np.random.default_rng(1)
-    base = rng.random(500)
-    out = paired_bootstrap(base + 0.1, base, n_boot=300)
-    assert out["lo"] == pytest.approx(0.1) and out["hi"] == pytest.approx(0.1)  # paired: no variance at all
-    out = paired_bootstrap(rng.random(500), rng.random(500), n_boot=300)
-    assert out["lo"] < out["mean_diff"] < out["hi"]
-    with pytest.raises(ValueError, match="same non-zero length"):
-        paired_bootstrap([1, 2], [1])
 
 
 def test_curve_summary():

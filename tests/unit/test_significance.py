@@ -50,3 +50,14 @@ def test_bad_input_is_named():
         paired_gate({"hr@10": np.zeros(2)}, {"hr@10": np.zeros(2)}, metrics=("ndcg@10",))
     with pytest.raises(ValueError, match="margin"):
         paired_gate({"hr@10": np.zeros(2)}, {"hr@10": np.zeros(2)}, metrics=("hr@10",), margin=-1)
+
+
+def test_paired_bootstrap_detects_a_shift_and_keeps_pairs():
+    rng = np.random.default_rng(1)
+    base = rng.random(500)
+    out = paired_bootstrap(base + 0.1, base, resamples=300)
+    assert out.low == pytest.approx(0.1) and out.high == pytest.approx(0.1)  # paired: no variance at all
+    out = paired_bootstrap(rng.random(500), rng.random(500), resamples=300)
+    assert out.low < out.difference < out.high
+    with pytest.raises(ValueError, match="1-D and aligned"):
+        paired_bootstrap([1, 2], [1])
