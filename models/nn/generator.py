@@ -411,16 +411,9 @@ class OxygenGenerator(nn.Module):
             hmask = smask[rows, :-1] & (torch.arange(w - 1, device=dev)[None, :] < pos[:, None])
             scen_rows = batch["seq_scenario"][:, r0:].reshape(-1)[sel].long()
             logits = [lg + self.repeat_logit_bias(scen_rows, hist, hmask, target[:, :l]) for l, lg in enumerate(logits)]
-        nll = torch.stack([F.cross_entropy(lg, target[:, l], reduction="none") for l, lg in enumerate(logits)], 1)
-        if cfg.label_smoothing > 0:
-            ce = torch.stack([F.cross_entropy(lg, target[:, l], label_smoothing=cfg.label_smoothing)
-                              for l, lg in enumerate(logits)]).mean()
-        else:
-            ce = nll.mean()
+        nll, ce = self._token_loss(logits, target)
         zero = ce.new_zeros(())
-        moe_aux = [a for a, blk in zip(enc_aux + dec_aux, [*self.enc_blocks, *self.dec_blocks])
-                   if isinstance(blk.ffn, MoEFeedForward)]
-        aux = torch.stack(moe_aux).mean() if moe_aux else zero
+        aux = self._moe_aux(enc_aux + dec_aux, zero)
         return {"loss": ce + cfg.moe_aux_weight * aux, "ce_loss": ce, "q2i_loss": zero, "q2i_nce": zero,
                 "q2i_var": zero, "q2i_decor": zero, "aux_loss": aux, "logits": logits, "nll": nll.sum(1),
                 "n_targets": int(sel.sum())}
@@ -521,6 +514,20 @@ class OxygenGenerator(nn.Module):
         return self.heads[t](h[:, -1]), new_cache
 
     # ------------------------------------------------------------------ training / scoring
+    def _token_loss(self, logits: list[torch.Tensor], target: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(nll Float[B', L+1] per level, ce = mean per-level cross-entropy, label-smoothed if configured)."""
+        nll = torch.stack([F.cross_entropy(lg, target[:, l], reduction="none") for l, lg in enumerate(logits)], 1)
+        if self.cfg.label_smoothing <= 0:
+            return nll, nll.mean()
+        ce = torch.stack([F.cross_entropy(lg, target[:, l], label_smoothing=self.cfg.label_smoothing)
+                          for l, lg in enumerate(logits)]).mean()
+        return nll, ce
+
+    def _moe_aux(self, auxes: list[torch.Tensor], zero: torch.Tensor) -> torch.Tensor:
+        """Mean Switch load-balancing loss over the MoE layers (encoder then decoder order); ``zero`` if none."""
+        moe = [a for a, blk in zip(auxes, [*self.enc_blocks, *self.dec_blocks]) if isinstance(blk.ffn, MoEFeedForward)]
+        return torch.stack(moe).mean() if moe else zero
+
     def forward(self, batch: dict) -> dict:
         cfg = self.cfg
         if "seq_sids" in batch:
@@ -534,12 +541,7 @@ class OxygenGenerator(nn.Module):
         if self.repeat_bias is not None:
             scen_b, hist, hmask = self.history_for_bias(batch)
             logits = [lg + self.repeat_logit_bias(scen_b, hist, hmask, target[:, :l]) for l, lg in enumerate(logits)]
-        nll = torch.stack([F.cross_entropy(lg, target[:, l], reduction="none") for l, lg in enumerate(logits)], 1)
-        if cfg.label_smoothing > 0:
-            ce = torch.stack([F.cross_entropy(lg, target[:, l], label_smoothing=cfg.label_smoothing)
-                              for l, lg in enumerate(logits)]).mean()
-        else:
-            ce = nll.mean()
+        nll, ce = self._token_loss(logits, target)
         zero = memory.new_zeros(())
         q2i = {"total": zero, "nce": zero, "var": zero, "decor": zero}
         if self.igr is not None:
@@ -547,9 +549,7 @@ class OxygenGenerator(nn.Module):
             h_t = self.igr.item(self.item_repr(target))
             same = (target[:, None, :] == target[None, :, :]).all(-1)
             q2i = q2i_loss(h_q, h_t, cfg.q2i_temperature, cfg.q2i_var_weight, cfg.q2i_decor_weight, cfg.q2i_var_gamma, same)
-        moe_aux = [a for a, blk in zip(enc_aux + dec_aux, [*self.enc_blocks, *self.dec_blocks])
-                   if isinstance(blk.ffn, MoEFeedForward)]
-        aux = torch.stack(moe_aux).mean() if moe_aux else zero
+        aux = self._moe_aux(enc_aux + dec_aux, zero)
         loss = ce + cfg.q2i_weight * q2i["total"] + cfg.moe_aux_weight * aux
         out = {
             "loss": loss,
