@@ -36,6 +36,7 @@ from dagster import (
 )
 
 from models.artifacts import content_key
+from models.configs import from_section
 from models.eval.cases import gate as paired_gate_on_cases
 from models.eval.cases import summary_table as case_table
 from models.lightning.train import save_generator
@@ -71,15 +72,8 @@ def rl_seed(settings: Settings) -> int:
 
 
 def rl_run(rl: RLSettings, seed: int) -> RLRun:
-    """The RLRun of the rl section (models/rl/experiment.py)."""
-    r = rl.reward
-    return RLRun(algorithm=rl.algorithm, steps=rl.steps, lr=rl.lr, beta=rl.kl_coef, tau_pos=rl.tau_pos,
-                 tau_neg=rl.tau_neg, group_clip=rl.group_clip, ppo_epochs=rl.ppo_epochs,
-                 max_grad_norm=rl.max_grad_norm, kl_stop=rl.kl_stop, group_size=rl.group_size,
-                 prompts_per_step=rl.prompts_per_step, synthetic_share=rl.synthetic_share,
-                 group_sampling=rl.group_sampling, temperature=rl.temperature,
-                 mix=RewardMix(learned_weight=r.learned_weight, verifiable_weight=r.verifiable_weight,
-                               prefix_credit=r.prefix_credit, rank_penalty=r.rank_penalty), seed=seed)
+    """The RLRun of the rl section (models/rl/experiment.py; same field names)."""
+    return from_section(RLRun, rl.model_dump(), seed=seed, mix=from_section(RewardMix, rl.reward.model_dump()))
 
 
 def rl_experiment(sft_model: dict, reward_model: dict, training_examples: pd.DataFrame,
@@ -323,7 +317,7 @@ def rl_comparison(
         "budget": MetadataValue.json({"steps": cmp.steps or rl.steps, "group_size": rl.group_size,
                                       "prompts_per_step": rl.prompts_per_step, "seeds": seeds,
                                       "lr": base.lr, "ppo_epochs": base.ppo_epochs,
-                                      "group_clip_target": group_clip, "reward_mix": dataclasses.asdict(base.mix),
+                                      "group_clip": group_clip, "reward_mix": dataclasses.asdict(base.mix),
                                       "group_sampling": base.group_sampling}),
     })
     return table

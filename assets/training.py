@@ -16,6 +16,7 @@ from dagster import (
 )
 
 from models.artifacts import content_key
+from models.configs import from_section
 from models.eval.cases import BEST_SASREC, compare
 from models.eval.cases import summary_table as case_table
 from models.eval.cases import gate as paired_gate_on_cases
@@ -42,27 +43,19 @@ CANDIDATE = "oxygenrec_sft"  # the generator's name in sft_evaluation
 
 
 def configs(params: ParamsResource) -> tuple[GeneratorConfig, SFTConfig]:
+    """GeneratorConfig and SFTConfig of the sft section (same field names); history lengths are the features'."""
     settings = params.settings
-    s = settings.sft
-    generator = GeneratorConfig(
-        d_model=s.d_model, n_heads=s.n_heads, enc_layers=s.enc_layers, dec_layers=s.dec_layers, ffn=s.ffn,
-        n_experts=s.n_experts, instruction_position=s.instruction_position, use_igr=s.use_igr,
-        igr_top_k=s.igr_top_k, n_recent=s.n_recent, q2i_weight=s.q2i_weight, max_short=settings.features.n_short,
-        max_long=settings.features.n_long, seed=settings.seed,
-    )
-    sft = SFTConfig(
-        max_epochs=s.max_epochs, batch_size=s.batch_size, lr=s.lr, warmup_steps=s.warmup_steps, patience=s.patience,
-        beam_width=s.beam_width, limit_train_batches=s.limit_train_batches, limit_val_batches=s.limit_val_batches,
-        accelerator=s.accelerator, devices=s.devices, strategy=s.strategy, precision=s.precision, seed=settings.seed,
-    )
-    return generator, sft
+    section = settings.sft.model_dump()
+    generator = from_section(GeneratorConfig, section, max_short=settings.features.n_short,
+                             max_long=settings.features.n_long, seed=settings.seed)
+    return generator, from_section(SFTConfig, section, seed=settings.seed)
 
 
 def sasrec_configs(params: ParamsResource, n_scenarios: int) -> dict[str, SASRecConfig]:
     """{name in sft_evaluation: config} of the SASRec variants to train (the scenario-aware one only when the
     data has more than one scenario)."""
     section = params.settings.sft.sasrec
-    base = SASRecConfig(seed=params.settings.seed, **section.model_dump(exclude={"variants"}))
+    base = from_section(SASRecConfig, section.model_dump(), seed=params.settings.seed)
     out = {}
     if "plain" in section.variants:
         out["sasrec"] = base

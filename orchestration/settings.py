@@ -182,6 +182,11 @@ class SFTSettings(_Section):
     igr_top_k: int = Field(20, ge=1)
     n_recent: int = Field(10, ge=0)          # newest long-history items (all scenarios) always in the encoder
     q2i_weight: float = Field(0.1, ge=0)
+    history_encoder: Literal["set", "causal"] = "set"   # models/nn/config.py: the paper's set encoder | causal
+    item_buckets: int = Field(0, ge=0)       # hashed item-level embedding of history items (0 = off)
+    dropout: float = Field(0.1, ge=0, lt=1)
+    train_positions: Literal["last", "all"] = "last"    # all: every position of each sequence (causal encoder)
+    window_stride: int | None = Field(None, ge=1)       # train_positions all: targets per window
     max_epochs: int = Field(3, ge=1)
     batch_size: int = Field(256, ge=1)
     lr: float = Field(1e-3, gt=0)
@@ -297,7 +302,7 @@ class RLSettings(_Section):
     prompts_per_step: int = Field(32, ge=1)
     steps: int = Field(30, ge=1)
     lr: float = Field(1e-5, gt=0)
-    kl_coef: float = Field(0.04, ge=0)         # beta of the k3 KL to the frozen SFT reference
+    beta: float = Field(0.04, ge=0)            # weight of the k3 KL to the frozen SFT reference
     tau_pos: float = Field(1.0, gt=0)          # SA-GCPO gate temperatures (tau_neg >= tau_pos)
     tau_neg: float = Field(1.05, gt=0)
     group_clip: float | None = None            # SA-GCPO group clip target; None = off

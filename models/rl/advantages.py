@@ -9,11 +9,11 @@ advantage of sample i is its reward standardised within its own group:
 advantages are then exactly +-R_diff / (|R_diff| + 2 eps) ~ +-1. A group whose rewards are
 all equal carries no learning signal and gets A = 0 everywhere.
 
-Group clip (``group_clip_target``), as one public re-implementation of SA-GCPO reads it:
+Group clip (``group_clip``), as one public re-implementation of SA-GCPO reads it:
 a sample that beats its group but whose reward is still below an absolute target is not
 reinforced, i.e.
 
-    A[b, i] = 0   if A[b, i] > 0 and R[b, i] < group_clip_target
+    A[b, i] = 0   if A[b, i] > 0 and R[b, i] < group_clip
 
 so a group of uniformly poor samples cannot push the policy towards "the least bad" one.
 Negative advantages are left untouched (they still push probability away from bad samples).
@@ -26,7 +26,7 @@ import torch
 def group_advantages(
     rewards: torch.Tensor,
     eps: float = 1e-6,
-    group_clip_target: float | None = None,
+    group_clip: float | None = None,
     scale: str = "std",
 ) -> torch.Tensor:
     """Centre (and with ``scale="std"`` standardise) rewards [B, G] within each group (row); return [B, G].
@@ -56,6 +56,6 @@ def group_advantages(
     # Equal rewards: force exact zeros (float rounding of the mean would leave ~1e-3 noise / eps).
     flat = rewards.amax(dim=1, keepdim=True) == rewards.amin(dim=1, keepdim=True)
     adv = torch.where(flat, torch.zeros_like(adv), adv)
-    if group_clip_target is not None:
-        adv = torch.where((adv > 0) & (rewards < group_clip_target), torch.zeros_like(adv), adv)
+    if group_clip is not None:
+        adv = torch.where((adv > 0) & (rewards < group_clip), torch.zeros_like(adv), adv)
     return adv

@@ -39,6 +39,7 @@ import numpy as np
 import pandas as pd
 import torch
 
+from models.configs import from_section
 from models.eval.cases import compare, summary_table
 from models.eval.generative import generator_ranked
 from models.eval.metrics import target_ranks
@@ -85,7 +86,7 @@ class RLRun:
     group_size: int = 8
     prompts_per_step: int = 32
     synthetic_share: float = 0.0
-    group_sampling: str = "sample"  # sample | beam (GeneratorPolicyConfig.group)
+    group_sampling: str = "sample"  # sample | beam (GeneratorPolicyConfig)
     temperature: float = 1.0
     mix: RewardMix = field(default_factory=RewardMix)
     seed: int = 0
@@ -97,13 +98,10 @@ class RLRun:
         self.policy_config()
 
     def rl_config(self) -> RLConfig:
-        return RLConfig(algorithm=self.algorithm, group_size=self.group_size, lr=self.lr, beta=self.beta,
-                        tau_pos=self.tau_pos, tau_neg=self.tau_neg, group_clip_target=self.group_clip,
-                        adv_scale=self.adv_scale, ppo_epochs=self.ppo_epochs, max_grad_norm=self.max_grad_norm,
-                        steps=self.steps, seed=self.seed, kl_stop=self.kl_stop)
+        return from_section(RLConfig, dataclasses.asdict(self))
 
     def policy_config(self) -> GeneratorPolicyConfig:
-        return GeneratorPolicyConfig(temperature=self.temperature, group=self.group_sampling)
+        return from_section(GeneratorPolicyConfig, dataclasses.asdict(self))
 
     def replace(self, **changes) -> "RLRun":
         """A copy with ``changes``; reward-mix fields (learned_weight, ...) may be given flat."""

@@ -79,13 +79,13 @@ class GeneratorPolicyConfig:
     rescore: bool = True  # sample returns log_probs' values (on-policy ratio exactly 1)
     # how a group is drawn: "sample" = G items sampled level by level; "beam" = the G best distinct items of the
     # trie-constrained beam search (the hard negatives a ranking is judged by; needs item_codes)
-    group: str = "sample"
+    group_sampling: str = "sample"
 
     def __post_init__(self) -> None:
         if not self.temperature > 0:
             raise ValueError(f"GeneratorPolicyConfig.temperature must be > 0, got {self.temperature}")
-        if self.group not in ("sample", "beam"):
-            raise ValueError(f"GeneratorPolicyConfig.group must be 'sample' or 'beam', got {self.group!r}")
+        if self.group_sampling not in ("sample", "beam"):
+            raise ValueError(f"GeneratorPolicyConfig.group_sampling must be 'sample' or 'beam', got {self.group_sampling!r}")
 
 
 class GeneratorPolicy(nn.Module):
@@ -96,7 +96,7 @@ class GeneratorPolicy(nn.Module):
         super().__init__()
         if tuple(trie.vocab_sizes) != tuple(model.cfg.vocab_sizes):
             raise ValueError(f"trie vocab_sizes {trie.vocab_sizes} != generator vocab_sizes {model.cfg.vocab_sizes}")
-        if config.group == "beam":
+        if config.group_sampling == "beam":
             if item_codes is None or tuple(item_codes.shape) != (trie.num_items, model.cfg.n_levels):
                 raise ValueError(f"beam groups need item_codes [{trie.num_items}, {model.cfg.n_levels}] (the SID "
                                  f"table's codes), got {None if item_codes is None else tuple(item_codes.shape)}")
@@ -127,7 +127,7 @@ class GeneratorPolicy(nn.Module):
         Each group is ordered by sequence log-prob, best first (a rank-aware reward reads the order)."""
         if group_size < 1:
             raise ValueError(f"group_size must be >= 1, got {group_size}")
-        if self.config.group == "beam":
+        if self.config.group_sampling == "beam":
             return self._beam_group(prompts, group_size)
         memory, memory_mask = self.model.encode(prompts)
         b, dev = memory.shape[0], memory.device

@@ -38,7 +38,7 @@ replaced by a smooth sigmoid gate of the token ratio,
 
 so d L / d logp_t = -(4 sigma (1 - sigma)) * r * A * mask_t / N, which equals -A * mask_t / N on-policy
 (r = 1), i.e. exactly the vanilla policy gradient there. The "group clip" part of SA-GCPO lives in
-``advantages.group_advantages(group_clip_target=...)``.
+``advantages.group_advantages(group_clip=...)``.
 """
 from __future__ import annotations
 

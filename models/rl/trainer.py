@@ -4,7 +4,7 @@ One step t = 0..steps-1:
     prompts             = prompt_fn(t, generator)
     tokens, logp_old, m = policy.sample(prompts, G, generator)           (no grad; [B, G, T] each)
     R                   = reward_fn(prompts, tokens)                       ([B, G]; must be finite)
-    A                   = group_advantages(R, group_clip_target, adv_scale)  (advantages.py)
+    A                   = group_advantages(R, group_clip, adv_scale)  (advantages.py)
     logp_ref            = reference.log_probs(prompts, tokens)             (frozen copy of the initial policy)
     repeat ppo_epochs:  logp = policy.log_probs(prompts, tokens)
                         loss = policy_loss(algorithm, logp, logp_old, logp_ref, m, A)   (objectives.py)
@@ -81,7 +81,7 @@ class RLConfig:
     eps_high: float | None = None
     tau_pos: float = 1.0  # SA-GCPO gate temperatures
     tau_neg: float = 1.05
-    group_clip_target: float | None = None  # SA-GCPO group clip (advantages.py); None = off
+    group_clip: float | None = None  # SA-GCPO group clip (advantages.py); None = off
     adv_eps: float = 1e-6
     adv_scale: str = "std"  # "std": (R - mean) / std per group (GRPO); "none": R - mean (advantages.py)
     ppo_epochs: int = 1
@@ -149,7 +149,7 @@ class GroupPolicyTrainer:
         n_bad = int((~torch.isfinite(rewards)).sum())
         if n_bad:
             self._fail(good_state, f"step {step_idx}: reward_fn returned {n_bad} non-finite rewards of {rewards.numel()}")
-        adv = group_advantages(rewards, eps=cfg.adv_eps, group_clip_target=cfg.group_clip_target, scale=cfg.adv_scale)
+        adv = group_advantages(rewards, eps=cfg.adv_eps, group_clip=cfg.group_clip, scale=cfg.adv_scale)
         with torch.no_grad():
             logp_ref = self.reference.log_probs(prompts, tokens).detach()
 

@@ -164,5 +164,5 @@ def test_rl_comparison_runs_every_algorithm_and_share_on_the_same_budget(accepte
     assert (root / "rl_comparison" / "comparison.png").stat().st_size > 1000
     meta = result.asset_materializations_for_node("rl_comparison")[0].metadata
     # sagcpo_gc's target as configured (default: the SFT policy's mean training reward, on the scale it clips)
-    assert meta["budget"].value["group_clip_target"] == pytest.approx(0.123)
+    assert meta["budget"].value["group_clip"] == pytest.approx(0.123)
     assert "reward_mean" in meta["summary"].value and "sagcpo_gc" in meta["summary"].value

@@ -31,7 +31,7 @@ def test_standardised_per_group_and_invariant_to_affine_reward_change():
 def test_group_clip_zeroes_positive_advantages_below_target_only():
     r = torch.tensor([[0.0, 0.1, 0.4, 0.9], [0.1, 0.2, 0.3, 0.3]])
     plain = group_advantages(r)
-    clipped = group_advantages(r, group_clip_target=0.5)
+    clipped = group_advantages(r, group_clip=0.5)
     # row 0: mean 0.35 -> 0.4 is positive but below 0.5 -> 0; 0.9 keeps its advantage; negatives unchanged
     assert plain[0, 2] > 0 and clipped[0, 2] == 0
     assert clipped[0, 3] == plain[0, 3] > 0
@@ -40,7 +40,7 @@ def test_group_clip_zeroes_positive_advantages_below_target_only():
     assert torch.all(clipped[1] <= 0) and torch.all(clipped[1, :1] < 0)
     assert torch.all(clipped[1, 2:] == 0) and torch.all(plain[1, 2:] > 0)
     # target below every reward: identical to no clip
-    torch.testing.assert_close(group_advantages(r, group_clip_target=-1.0), plain)
+    torch.testing.assert_close(group_advantages(r, group_clip=-1.0), plain)
 
 
 def test_non_finite_rewards_raise_naming_count():

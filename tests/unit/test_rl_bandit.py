@@ -71,7 +71,7 @@ pytestmark = pytest.mark.usefixtures("one_thread")
 
 @pytest.mark.parametrize(
     "algorithm, extra",
-    [("grpo", {}), ("gspo", {}), ("sagcpo", {}), ("sagcpo", {"group_clip_target": 0.5})],
+    [("grpo", {}), ("gspo", {}), ("sagcpo", {}), ("sagcpo", {"group_clip": 0.5})],
     ids=["grpo", "gspo", "sagcpo", "sagcpo_group_clip"],
 )
 def test_each_algorithm_increases_expected_reward(algorithm, extra):

@@ -117,7 +117,7 @@ def test_identical_models_have_zero_paired_differences(experiment):
     assert all(r["difference"] == r["low"] == r["high"] == 0.0 for r in rows)
 
 
-def test_group_clip_target_is_the_sft_reward_on_the_runs_scale(experiment):
+def test_group_clip_is_the_sft_reward_on_the_runs_scale(experiment):
     verif = experiment.sft_reward(FAST)
     learned = experiment.sft_reward(FAST.replace(learned_weight=1.0, verifiable_weight=0.0))
     assert 0.0 <= verif <= 1.0 and 0.0 < learned < 2.0  # a hit is worth 1; the learned part: weights sum to 2

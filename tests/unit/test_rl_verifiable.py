@@ -71,7 +71,7 @@ def test_beam_groups_are_the_beam_search_top_items_scored_by_the_policy():
     codes = catalog()
     trie = SIDTrie.from_codes(codes, VOCAB)
     model = tiny_model()
-    policy = GeneratorPolicy(model, trie, GeneratorPolicyConfig(group="beam"), item_codes=torch.as_tensor(codes))
+    policy = GeneratorPolicy(model, trie, GeneratorPolicyConfig(group_sampling="beam"), item_codes=torch.as_tensor(codes))
     batch = {k: v[:4] for k, v in encoded_examples(codes).items()}
     tokens, logp, mask = policy.sample(batch, 5, torch.Generator().manual_seed(0))
     items, _ = constrained_beam_search(model, batch, trie, 5, 5)
@@ -81,7 +81,7 @@ def test_beam_groups_are_the_beam_search_top_items_scored_by_the_policy():
     assert (seq[:, :-1] >= seq[:, 1:]).all()  # ... ordered by the policy's (trie-renormalised) log-prob
     assert torch.allclose(policy.log_probs(batch, tokens), logp)  # on-policy ratio 1
     with pytest.raises(ValueError, match="item_codes"):
-        GeneratorPolicy(model, trie, GeneratorPolicyConfig(group="beam"))
+        GeneratorPolicy(model, trie, GeneratorPolicyConfig(group_sampling="beam"))
 
 
 def _rl_run(group: str, seed: int = 0):
@@ -89,7 +89,7 @@ def _rl_run(group: str, seed: int = 0):
 
     codes = catalog()
     trie = SIDTrie.from_codes(codes, VOCAB)
-    policy = GeneratorPolicy(tiny_model(), trie, GeneratorPolicyConfig(group=group), item_codes=torch.as_tensor(codes))
+    policy = GeneratorPolicy(tiny_model(), trie, GeneratorPolicyConfig(group_sampling=group), item_codes=torch.as_tensor(codes))
     examples = encoded_examples(codes)
     prompts = PromptSet(examples, 3, PromptConfig(batch_size=8, synthetic_share=0.0))
     reward = MixedReward(None, RewardMix(learned_weight=0.0, prefix_credit=0.3, rank_penalty=0.5))
