@@ -43,11 +43,13 @@ CANDIDATE = "oxygenrec_sft"  # the generator's name in sft_evaluation
 
 
 def configs(params: ParamsResource) -> tuple[GeneratorConfig, SFTConfig]:
-    """GeneratorConfig and SFTConfig of the sft section (same field names); history lengths are the features'."""
+    """GeneratorConfig and SFTConfig of the sft section (same field names); the history lengths are capped by what the
+    features store (features.n_short / n_long)."""
     settings = params.settings
     section = settings.sft.model_dump()
     generator = from_section(GeneratorConfig, section, max_short=settings.features.n_short,
-                             max_long=settings.features.n_long, seed=settings.seed)
+                             max_long=min(settings.sft.max_long or settings.features.n_long, settings.features.n_long),
+                             seed=settings.seed)
     return generator, from_section(SFTConfig, section, seed=settings.seed)
 
 
