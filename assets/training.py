@@ -2,7 +2,6 @@
 no-worse-than-baseline gate, and the paper's ablations (``sft_ablations``, group analysis, on demand)."""
 
 import dataclasses
-import json
 import shutil
 
 import pandas as pd
@@ -22,7 +21,6 @@ from models.eval.cases import summary_table as case_table
 from models.eval.cases import gate as paired_gate_on_cases
 from models.eval.generative import evaluate_splits
 from models.eval.split import encode_ids, leave_last_out
-from models.lightning.ablations import run_ablations, summary_table
 from models.features.example_encoder import ExampleEncoder
 from models.lightning.progress import EpochProgress
 from models.lightning.sasrec_module import load_sasrec, save_sasrec, train_sasrec
@@ -35,7 +33,7 @@ from orchestration.params import ParamsResource
 from orchestration.partitions import SCENARIOS
 from orchestration.resources import ArtifactStoreResource
 
-from ._metadata import bar_chart, code_version, line_panels, markdown_table, md
+from ._metadata import bar_chart, code_version, line_panels, md
 
 CODE_VERSION = code_version(__file__)  # changes with this module and the models packages it imports
 GROUP = "training"
@@ -237,34 +235,3 @@ def sft_beats_baseline(sft_evaluation: pd.DataFrame, params: ParamsResource) -> 
                   **{f"baseline_valid_{c.metric}": c.reference for c in decision.comparisons},
                   **versus_sasrec},
     )
-
-
-@asset(group_name="analysis", kinds={"pytorch", "lightning"}, code_version=CODE_VERSION)
-def sft_ablations(
-    context: AssetExecutionContext,
-    training_examples: pd.DataFrame,
-    item_semantic_ids: pd.DataFrame,
-    params: ParamsResource,
-    artifacts: ArtifactStoreResource,
-) -> pd.DataFrame:
-    """Paper Tables 5 / 7 / 8 on this data: instruction position, IGR/Q2I on/off, unified vs per-scenario models,
-    each trained with the same seed and budget and scored on the same test split."""
-    sid_table = SemanticIdTable.from_frame(item_semantic_ids)
-    generator, sft = configs(params)
-    section = params.settings.sft.ablations
-    sft = dataclasses.replace(
-        sft, enable_progress_bar=False,
-        max_epochs=section.max_epochs or sft.max_epochs,
-        limit_train_batches=section.limit_train_batches or sft.limit_train_batches,
-    )
-    out_dir = artifacts.asset_dir("sft_ablations") / run_key(training_examples, sid_table, generator, sft)
-    results = run_ablations(training_examples, sid_table, SCENARIOS, generator, sft, section.studies, out_dir,
-                            log=context.log.info)
-    summary = summary_table(results)
-    report = "\n\n".join(f"### {study}\n\n" + markdown_table(summary[summary["study"] == study])
-                           for study in summary["study"].unique())
-    (out_dir / "ablations.md").write_text(report + "\n")
-    (out_dir / "ablations.json").write_text(json.dumps(summary.to_dict(orient="records"), indent=1))
-    context.add_output_metadata({"summary": MetadataValue.md(report), "report": str(out_dir / "ablations.md"),
-                                 "variants": int(len(summary))})
-    return results

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from dagster import Definitions, load_asset_checks_from_modules, load_assets_from_modules
 
+import assets.analysis
 import assets.checks
 import assets.embeddings
 import assets.features
@@ -31,7 +32,8 @@ from .sensors import high_value_action_sensor, instruction_updates_job, new_raw_
 from .resources import default_resources
 from .settings import current_settings
 
-ASSET_MODULES = [assets.raw, assets.embeddings, assets.semantic_ids, assets.features, assets.training, assets.serving, assets.rl]
+ASSET_MODULES = [assets.raw, assets.embeddings, assets.semantic_ids, assets.features, assets.training, assets.serving,
+                 assets.rl, assets.analysis]
 CHECK_MODULES = [assets.checks, assets.semantic_ids, assets.training, assets.serving, assets.rl]
 
 

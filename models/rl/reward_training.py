@@ -13,19 +13,31 @@ from __future__ import annotations
 
 import time
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import torch
 
+from models.artifacts import atomic_write
+from models.configs import from_section
 from models.features.example_encoder import ExampleEncoder
 from models.semantic_ids import SemanticIdTable
 from models.semantic_ids.trie import SIDTrie
 
 from .experiment import split_rows
 from .generator_policy import reward_data_from_examples
-from .reward_model import ACTIONS, RewardModel, RewardModelConfig, calibrate, evaluate, log_loss, train_reward_model
+from .reward_model import (
+    ACTIONS,
+    RewardModel,
+    RewardModelConfig,
+    calibrate,
+    evaluate,
+    log_loss,
+    save_reward_model,
+    train_reward_model,
+)
 
 __all__ = ["RewardFit", "fit_reward_from_examples", "item_feature_matrix"]
 
@@ -45,6 +57,22 @@ class RewardFit:
     n_held_out_rows: int
     seconds: float
 
+    def save(self, out_dir: str | Path, item_x: torch.Tensor, codebook_version: str) -> dict:
+        """Write the model and the item features it scores (atomically) into ``out_dir``; returns the record the
+        ``reward_model`` asset hands to RL (paths, scenarios, config, metrics, calibration, history)."""
+        out_dir = Path(out_dir)
+        checkpoint = save_reward_model(self.model, out_dir / "reward_model.pt")
+        features = atomic_write(out_dir / "item_features.npy",  # the temporary name keeps the .npy suffix
+                                lambda tmp: np.save(tmp, item_x.numpy(), allow_pickle=False))
+        return {"checkpoint": str(checkpoint), "item_features": str(features), "scenarios": list(self.scenarios),
+                "codebook_version": codebook_version, "config": asdict(self.config), "metrics": self.metrics,
+                "calibration": self.calibration, "history": self.history}
+
+    def summary(self) -> dict:
+        return {"train_rows": self.n_train_rows, "held_out_rows": self.n_held_out_rows,
+                "auc_click": self.metrics["auc_click"], "auc_order": self.metrics["auc_order"],
+                "seconds": round(self.seconds, 1)}
+
 
 def item_feature_matrix(item_ids: Sequence[str], fused: np.ndarray, sid_table: SemanticIdTable) -> torch.Tensor:
     """The catalog embeddings ``fused`` (rows = ``item_ids``) in SID-table row order (= trie leaf order)."""
@@ -60,7 +88,7 @@ def fit_reward_from_examples(training_examples: pd.DataFrame, sid_table: Semanti
                              scenarios: Sequence[str], *, max_examples: int, num_negatives: int, seed: int,
                              model_settings: Mapping) -> RewardFit:
     """Fit, calibrate and score the reward model (module docstring). ``model_settings``: the RewardModelConfig
-    fields the configuration sets (hidden_dim, scenario_dim, mlp_layers, lr, batch_size, epochs, calibration)."""
+    fields the configuration sets, by name (hidden_dim, lr, ...; other entries are ignored)."""
     trie = SIDTrie.from_codes(sid_table.codes, sid_table.vocab_sizes)
     train = split_rows(training_examples, "train", max_examples, seed)
     valid = split_rows(training_examples, "valid", len(training_examples), seed)
@@ -71,8 +99,8 @@ def fit_reward_from_examples(training_examples: pd.DataFrame, sid_table: Semanti
     fit_rows, calibration_rows = train_rows.split((1 - CALIBRATION_SHARE, CALIBRATION_SHARE), seed=seed)
     eval_rows = reward_data_from_examples(encoder.encode(valid), valid["action"], item_x, trie, n_scen,
                                           num_negatives, seed + 1)
-    config = RewardModelConfig(user_dim=fit_rows.user_x.shape[1], item_dim=item_x.shape[1], num_scenarios=n_scen,
-                               seed=seed, **dict(model_settings))
+    config = from_section(RewardModelConfig, model_settings, user_dim=fit_rows.user_x.shape[1],
+                          item_dim=item_x.shape[1], num_scenarios=n_scen, seed=seed)
     start = time.perf_counter()
     model, history = train_reward_model(fit_rows, config)
     uncalibrated = evaluate(model, eval_rows)
