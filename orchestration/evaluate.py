@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import argparse
 import hashlib
-import json
 import shutil
 import sys
 import time
@@ -32,6 +31,7 @@ from pathlib import Path
 import pandas as pd
 from dagster import DagsterInstance
 
+from models.artifacts import atomic_write_json
 from models.eval.cases import compare, summary_table
 
 from .demo import print_stage_times, print_summary, run_pipeline, stage_seconds
@@ -133,7 +133,7 @@ def main(argv: list[str] | None = None) -> int:
         return 1
     cases = pd.read_parquet(settings.data_root / "sft_evaluation" / "_.parquet")
     report = build_report(settings, results, cases, instance, time.perf_counter() - start)
-    out.write_text(json.dumps(report, indent=1, default=str))
+    atomic_write_json(out, report, indent=1, default=str)
     table = summary_table(cases)
     test = table[(table["split"] == "test") & (table["group"] == "overall")]
     print("\ntest split, all scenarios:")
