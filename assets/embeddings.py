@@ -7,6 +7,7 @@ import numpy as np
 import pandas as pd
 from dagster import AssetExecutionContext, MetadataValue, asset
 
+from models.configs import from_section
 from models.embeddings.catalog import FusionConfig, build_catalog_embeddings
 from models.eval.split import training_events
 from orchestration.params import ParamsResource
@@ -32,15 +33,7 @@ def catalog_embeddings(
     """
     settings = params.settings
     section = settings.embeddings
-    config = FusionConfig(
-        method=section.fusion,
-        text_weight=section.text_weight,
-        behaviour_dim=section.behaviour_dim,
-        behaviour_window=section.behaviour_window,
-        fused_dim=section.fused_dim,
-        batch_size=section.batch_size,
-        seed=settings.seed,
-    )
+    config = from_section(FusionConfig, section.model_dump(), seed=settings.seed)
     cache = text_embedder.cache()
     context.log.info(f"embedding {len(raw_items)} items ({len(cache)} vectors cached)")
     result = build_catalog_embeddings(raw_items, training_events(interaction_log), text_embedder.encoder, config,

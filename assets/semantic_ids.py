@@ -17,6 +17,7 @@ from dagster import (
     asset_check,
 )
 
+from models.configs import from_section
 from models.semantic_ids import RQKMeansConfig, SemanticIdCodebook, SemanticIdTable, fit_encode, semantic_id_quality
 from models.semantic_ids.lifecycle import assign_stable, fit_or_reuse
 from models.semantic_ids.trie import SIDTrie
@@ -33,14 +34,7 @@ QUALITY_COLUMNS = ["level", "coverage", "purity", "entropy", "gini", "recon_rel_
 def rq_config(params: ParamsResource) -> RQKMeansConfig:
     settings = params.settings
     section = settings.semantic_ids
-    return RQKMeansConfig(
-        levels=section.levels,
-        codebook_size=section.codebook_size,
-        assignment=section.assignment,
-        max_iter=section.max_iter,
-        fit_sample_size=section.fit_sample_size,
-        seed=settings.seed,
-    )
+    return from_section(RQKMeansConfig, section.model_dump(), seed=settings.seed)
 
 
 def purity_labels(items: pd.DataFrame) -> np.ndarray:

@@ -44,17 +44,10 @@ class DataSourceResource(ConfigurableResource):
     life_event_rate: float = 0.3
 
     def _world_config(self):
+        from models.configs import from_section
         from models.data.synthetic import WorldConfig
 
-        return WorldConfig(
-            n_items=self.n_items,
-            n_users=self.n_users,
-            n_days=self.n_days,
-            start_date=self.start_date,
-            seed=self.seed,
-            sessions_per_user_mean=self.sessions_per_user_mean,
-            life_event_rate=self.life_event_rate,
-        )
+        return from_section(WorldConfig, {name: getattr(self, name) for name in type(self).model_fields})
 
     def dataset_dir(self) -> Path:
         if self.source == "files":
@@ -218,13 +211,7 @@ def default_resources(settings: Settings) -> dict:
             source=settings.data.source,
             files_dir=settings.data.files_dir,
             cache_dir=str(root / "source"),
-            seed=synth.seed,
-            n_items=synth.n_items,
-            n_users=synth.n_users,
-            n_days=synth.n_days,
-            start_date=synth.start_date,
-            sessions_per_user_mean=synth.sessions_per_user_mean,
-            life_event_rate=synth.life_event_rate,
+            **synth.model_dump(),  # the world's fields, by the same names
         ),
         "text_embedder": TextEmbedderResource(cache_dir=str(root / "cache" / "text_embeddings")),
         "triton": TritonResource(url=os.environ.get("OXYREC_TRITON_URL", "127.0.0.1:8000"),

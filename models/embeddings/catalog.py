@@ -1,6 +1,6 @@
 """Catalog embeddings: one fused vector per item from its text and from user behaviour.
 
-Fusion methods (``FusionConfig.method``), with t = text vector (unit norm) and b = behaviour vector
+Fusion methods (``FusionConfig.fusion``), with t = text vector (unit norm) and b = behaviour vector
 (unit norm, or zero for items nobody interacted with), w = ``text_weight``:
 
 - ``text_only``:   e = t                                     (the paper's "V1", text-only semantic IDs)
@@ -28,7 +28,7 @@ ITEM_TEXT_FIELDS = ("title", "category", "brand", "description")
 
 @dataclass(frozen=True)
 class FusionConfig:
-    method: Literal["concat", "text_only", "pca_concat"] = "concat"
+    fusion: Literal["concat", "text_only", "pca_concat"] = "concat"
     text_weight: float = 0.8
     behaviour_dim: int = 64
     behaviour_window: int = 5
@@ -64,10 +64,10 @@ def _normalize(x: np.ndarray) -> np.ndarray:
 
 
 def fuse(text: np.ndarray, behaviour: np.ndarray, config: FusionConfig) -> np.ndarray:
-    if config.method == "text_only":
+    if config.fusion == "text_only":
         return _normalize(text.astype(np.float32))
     joined = np.concatenate([config.text_weight * text, (1.0 - config.text_weight) * behaviour], axis=1)
-    if config.method == "pca_concat":
+    if config.fusion == "pca_concat":
         centered = joined - joined.mean(axis=0, keepdims=True)
         k = min(config.fused_dim, min(centered.shape) - 1)
         # Deterministic: SVD via LAPACK plus a sign convention.
@@ -75,8 +75,8 @@ def fuse(text: np.ndarray, behaviour: np.ndarray, config: FusionConfig) -> np.nd
         components = vt[:k]
         signs = np.sign(components[np.arange(k), np.abs(components).argmax(axis=1)])
         joined = centered @ (components * signs[:, None]).T
-    elif config.method != "concat":
-        raise ValueError(f"unknown fusion method {config.method!r}; use concat, text_only or pca_concat")
+    elif config.fusion != "concat":
+        raise ValueError(f"unknown fusion method {config.fusion!r}; use concat, text_only or pca_concat")
     return _normalize(joined.astype(np.float32))
 
 
@@ -97,7 +97,7 @@ def build_catalog_embeddings(
     item_ids = items["item_id"].astype(str).to_numpy()
     run = embed_texts(item_texts(items), encoder, cache=cache, batch_size=config.batch_size)
 
-    if config.method == "text_only":
+    if config.fusion == "text_only":
         behaviour = np.zeros((len(items), config.behaviour_dim), np.float32)
         has_behaviour = np.zeros(len(items), dtype=bool)
     else:

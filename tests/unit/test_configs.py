@@ -8,11 +8,14 @@ import pytest
 import yaml
 
 from assets.rl import rl_run
+from assets.semantic_ids import rq_config
 from assets.training import configs, sasrec_configs
 from models.configs import from_section
+from models.embeddings.catalog import FusionConfig
 from models.lightning.train import SFTConfig
 from models.nn.config import GeneratorConfig
 from orchestration.params import ParamsResource
+from orchestration.resources import default_resources
 from orchestration.settings import DEFAULT_CONFIG
 
 
@@ -57,3 +60,19 @@ def test_rl_settings_reach_the_run_and_its_trainer_config(tmp_path):
     assert (run.beta, run.group_clip, run.seed, run.mix.learned_weight) == (0.07, 0.2, 4, 0.25)
     assert run.rl_config().beta == 0.07 and run.rl_config().group_clip == 0.2
     assert run.policy_config().group_sampling == "beam" and run.policy_config().temperature == 0.8
+
+
+def test_embedding_codebook_and_world_settings_reach_their_configs(tmp_path):
+    raw = yaml.safe_load(DEFAULT_CONFIG.read_text())
+    raw["semantic_ids"].update(levels=2, codebook_size=64, assignment="plain", max_iter=7)
+    raw["synthetic"].update(n_items=300, n_users=40, life_event_rate=0.5)
+    raw["embeddings"].update(fusion="text_only", behaviour_window=3)
+    path = tmp_path / "params.yaml"
+    path.write_text(yaml.safe_dump(raw))
+    params = ParamsResource(config_path=str(path))
+    rq = rq_config(params)
+    assert (rq.levels, rq.codebook_size, rq.assignment, rq.max_iter) == (2, 64, "plain", 7)
+    world = default_resources(params.settings)["data_source"]._world_config()
+    assert (world.n_items, world.n_users, world.life_event_rate) == (300, 40, 0.5)
+    fusion = from_section(FusionConfig, params.settings.embeddings.model_dump())
+    assert (fusion.fusion, fusion.behaviour_window) == ("text_only", 3)

@@ -107,7 +107,7 @@ def test_behaviour_embeddings_group_cooccurring_items():
 def test_fusion_methods_and_determinism():
     items, log = _items(), _log()
     for method in ("concat", "text_only", "pca_concat"):
-        config = FusionConfig(method=method, behaviour_dim=3, behaviour_window=2, fused_dim=4)
+        config = FusionConfig(fusion=method, behaviour_dim=3, behaviour_window=2, fused_dim=4)
         a = build_catalog_embeddings(items, log, HashEncoder(), config)
         b = build_catalog_embeddings(items, log, HashEncoder(), config)
         np.testing.assert_array_equal(a.fused, b.fused)
@@ -119,7 +119,7 @@ def test_fusion_methods_and_determinism():
 
 def test_fuse_rejects_unknown_method():
     with pytest.raises(ValueError, match="unknown fusion method"):
-        fuse(np.ones((2, 2)), np.ones((2, 2)), FusionConfig(method="bogus"))  # type: ignore[arg-type]
+        fuse(np.ones((2, 2)), np.ones((2, 2)), FusionConfig(fusion="bogus"))  # type: ignore[arg-type]
 
 
 def test_empty_catalog_and_missing_columns_are_clear_errors():
