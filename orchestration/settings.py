@@ -61,7 +61,7 @@ class SyntheticSettings(_Section):
     n_items: int = Field(5000, ge=10)
     n_users: int = Field(3000, ge=10)
     n_days: int = Field(90, ge=7)
-    start_date: str = "2026-09-01"
+    start_date: str = "2026-08-20"
     sessions_per_user_mean: float = Field(8.0, gt=0)
     life_event_rate: float = Field(0.3, ge=0, le=1)
 
@@ -188,14 +188,14 @@ class SFTSettings(_Section):
     dropout: float = Field(0.1, ge=0, lt=1)
     train_positions: Literal["last", "all"] = "last"    # all: every position of each sequence (causal encoder)
     window_stride: int | None = Field(None, ge=1)       # train_positions all: targets per window
-    max_epochs: int = Field(3, ge=1)
+    max_epochs: int = Field(2, ge=1)
     batch_size: int = Field(256, ge=1)
     lr: float = Field(1e-3, gt=0)
     warmup_steps: int = Field(100, ge=0)
     patience: int = Field(2, ge=1)
     beam_width: int = Field(20, ge=10)
-    limit_train_batches: int | None = Field(None, ge=1)   # cap per epoch (CPU demo budgets)
-    limit_val_batches: int | None = Field(None, ge=1)
+    limit_train_batches: int | None = Field(240, ge=1)    # cap per epoch (CPU demo budgets; None = all)
+    limit_val_batches: int | None = Field(4, ge=1)
     accelerator: str = "cpu"                 # gpu + devices/strategy ddp in production
     devices: int = Field(1, ge=1)
     strategy: str = "auto"
@@ -278,9 +278,9 @@ class RLComparisonSettings(_Section):
     algorithms: list[Literal["grpo", "gspo", "sagcpo", "sagcpo_gc"]] = Field(
         default_factory=lambda: ["grpo", "gspo", "sagcpo", "sagcpo_gc"])
     synthetic_shares: list[float] = Field(default_factory=lambda: [0.0, 0.2, 0.33, 0.5])
-    seeds: list[int] | None = None           # one run per seed (same seeds for every cell); None: [rl seed]
-    steps: int | None = Field(None, ge=1)    # None: rl.steps
-    lr: float | None = Field(None, gt=0)     # None: rl.lr
+    seeds: list[int] | None = Field(default_factory=lambda: [0, 1, 2])  # same seeds for every cell; None: [rl seed]
+    steps: int | None = Field(20, ge=1)      # None: rl.steps
+    lr: float | None = Field(1e-4, gt=0)     # None: rl.lr
     group_clip: float | None = None          # sagcpo_gc's target reward; None: the SFT policy's mean reward
     # Policy updates per sampled batch. With 1 every update is on-policy (ratio == 1), where GRPO's clip is
     # inactive, GSPO's sequence ratio has the token-mean gradient and SA-GCPO's gate weight 4σ(0)(1-σ(0)) = 1:

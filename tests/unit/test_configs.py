@@ -16,7 +16,7 @@ from models.lightning.train import SFTConfig
 from models.nn.config import GeneratorConfig
 from orchestration.params import ParamsResource
 from orchestration.resources import default_resources
-from orchestration.settings import DEFAULT_CONFIG
+from orchestration.settings import DEFAULT_CONFIG, Settings
 
 
 def test_from_section_takes_the_fields_the_config_declares():
@@ -76,3 +76,9 @@ def test_embedding_codebook_and_world_settings_reach_their_configs(tmp_path):
     assert (world.n_items, world.n_users, world.life_event_rate) == (300, 40, 0.5)
     fusion = from_section(FusionConfig, params.settings.embeddings.model_dump())
     assert (fusion.fusion, fusion.behaviour_window) == ("text_only", 3)
+
+
+def test_params_yaml_holds_the_schema_defaults():
+    """One set of defaults: params.yaml is the schema's defaults written out (change both or neither)."""
+    written = Settings.model_validate(yaml.safe_load(DEFAULT_CONFIG.read_text())).model_dump(mode="json")
+    assert written == Settings().model_dump(mode="json")
