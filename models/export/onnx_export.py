@@ -23,14 +23,9 @@ Decoder step graph ``decoder_step.onnx`` (one new code per beam; the level is re
     outputs  logits Float[B, G, V*]  (level l+1, -inf beyond V_{l+1}),
              present_k, present_v Float[B, G, NL, H, P+1, d_h]
 
-Formulas (identical to models/nn/layers.py, pre-LN blocks, per layer i):
-
-    x  = E[offset_l + c_l] + pos[P]                                     new decoder position
-    x += W_o softmax(q K_self^T / sqrt(d_h)) V_self                       K_self = [past ; k(x)]
-    x += W_o softmax(q K_x^T / sqrt(d_h) + mask(memory_mask)) V_x          K_x = cross_k[:, i] (shared by the G beams)
-    x += FFN(LN(x))                                                       dense, or MoE computed densely:
-         MoE(x) = sum_e g_e(x) FFN_e(x), g_e = 0 outside the top-k (same value as the routed form)
-    logits = W_{l+1} LN(x) + b_{l+1}
+One decoder: both wrappers only call the generator's own methods (``encode``, ``init_cache``,
+``prefix_inputs``, ``code_inputs``, ``run_decoder``, ``level_logits``), so training, the PyTorch beam search and the
+served graphs run the same code; the step graph reads its position (and so the level) from the cache length P.
 
 Choices: cross K/V are computed ONCE per request in the encoder graph (not per step) and broadcast over the G
 beams inside the step (grouped attention), so a 256-beam step never copies the encoder state 256 times.
@@ -57,11 +52,10 @@ from types import ModuleType
 import numpy as np
 import torch
 import torch.nn as nn
-import torch.nn.functional as F
 
 from models.nn.config import GeneratorConfig
 from models.nn.generator import OxygenGenerator
-from models.nn.layers import Attention, DecoderBlock, FeedForward, MoEFeedForward
+from models.nn.layers import DecoderCache
 
 __all__ = [
     "ExportConfig",
@@ -101,90 +95,13 @@ class ExportConfig:
 
 
 # ---------------------------------------------------------------------------------------------- wrappers
-def _ffn(ffn: nn.Module, x: torch.Tensor) -> torch.Tensor:
-    if isinstance(ffn, FeedForward):
-        return ffn.fc2(F.gelu(ffn.fc1(x)))
-    if isinstance(ffn, MoEFeedForward):  # dense evaluation: no data-dependent shapes in the graph
-        probs = torch.softmax(ffn.router(x).float(), dim=-1)  # [..., E]
-        top_p, top_i = probs.topk(ffn.top_k, dim=-1)
-        gates = torch.zeros_like(probs).scatter(-1, top_i, top_p / top_p.sum(-1, keepdim=True)).to(x.dtype)
-        h = F.gelu(torch.einsum("...d,edh->...eh", x, ffn.w1) + ffn.b1)
-        y = torch.einsum("...eh,ehd->...ed", h, ffn.w2) + ffn.b2  # [..., E, d]
-        return (gates[..., None] * y).sum(-2)
-    raise ValueError(f"cannot export FFN of type {type(ffn).__name__}")
-
-
-def _heads(x: torch.Tensor, n_heads: int) -> torch.Tensor:
-    """[B, G, T, d] -> [B, G, H, T, d_h]."""
-    return x.unflatten(-1, (n_heads, -1)).transpose(2, 3)
-
-
-def _merge(o: torch.Tensor) -> torch.Tensor:
-    """[B, G, H, T, d_h] -> [B, G, T, d]."""
-    return o.transpose(2, 3).flatten(-2)
-
-
-def _self_attention(attn: Attention, h: torch.Tensor, past: tuple[torch.Tensor, torch.Tensor] | None,
-                    causal: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    q = _heads(attn.q_proj(h), attn.n_heads)
-    k, v = (_heads(t, attn.n_heads) for t in attn.kv_proj(h).chunk(2, dim=-1))
-    if past is not None:
-        k, v = torch.cat([past[0], k], 3), torch.cat([past[1], v], 3)
-    s = q @ k.transpose(-1, -2) * attn.d_head**-0.5  # [B, G, H, T, P+T]
-    if causal is not None:
-        s = s.masked_fill(~causal, float("-inf"))
-    return attn.out_proj(_merge(torch.softmax(s, -1) @ v)), k, v
-
-
-def _cross_attention(attn: Attention, h: torch.Tensor, ck: torch.Tensor, cv: torch.Tensor,
-                     memory_mask: torch.Tensor) -> torch.Tensor:
-    t = h.shape[2]  # 1 (step) or n_prefix (encoder): a constant of each graph
-    q = _heads(attn.q_proj(h), attn.n_heads).transpose(1, 2).flatten(2, 3)  # [B, H, G*T, d_h]
-    s = q @ ck.transpose(-1, -2) * attn.d_head**-0.5  # ck/cv [B, H, S, d_h] are shared by the G beams
-    s = s.masked_fill(~memory_mask[:, None, None, :], float("-inf"))
-    o = (torch.softmax(s, -1) @ cv).unflatten(2, (-1, t)).transpose(1, 2)  # [B, G, H, T, d_h]
-    return attn.out_proj(_merge(o))
-
-
-def _run_decoder(blocks: nn.ModuleList, x: torch.Tensor, past_k: torch.Tensor | None, past_v: torch.Tensor | None,
-                 cross_k: torch.Tensor, cross_v: torch.Tensor, memory_mask: torch.Tensor,
-                 causal: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """x [B, G, T, d] new positions -> (x, K [B, G, NL, H, P+T, d_h], V)."""
-    ks, vs = [], []
-    for i, blk in enumerate(blocks):
-        assert isinstance(blk, DecoderBlock)
-        past = None if past_k is None else (past_k[:, :, i], past_v[:, :, i])
-        a, k, v = _self_attention(blk.self_attn, blk.ln1(x), past, causal)
-        x = x + a
-        x = x + _cross_attention(blk.cross_attn, blk.ln2(x), cross_k[:, i], cross_v[:, i], memory_mask)
-        x = x + _ffn(blk.ffn, blk.ln3(x))
-        ks.append(k)
-        vs.append(v)
-    return x, torch.stack(ks, 2), torch.stack(vs, 2)
-
-
-def _padded_heads(g: OxygenGenerator) -> tuple[torch.Tensor, torch.Tensor]:
-    """All level heads in one table: W [L+1, V*, d] (zero rows) and b [L+1, V*] (-inf beyond V_l)."""
-    vmax, d = max(g.cfg.vocab_sizes), g.cfg.d_model
-    w = torch.zeros(g.cfg.n_levels, vmax, d)
-    b = torch.full((g.cfg.n_levels, vmax), float("-inf"))
-    for l, head in enumerate(g.heads):
-        w[l, : head.out_features] = head.weight.detach()
-        b[l, : head.out_features] = head.bias.detach()
-    return w, b
-
-
 class EncoderExport(nn.Module):
-    """Batch tensors -> memory, memory_mask, cross K/V, the decoder prefix's self K/V and level-0 logits."""
+    """Batch tensors -> memory, memory_mask, cross K/V, the decoder prefix's self K/V and level-0 logits, all from
+    the generator's own methods (encode, init_cache, prefix_inputs, run_decoder, level_logits)."""
 
     def __init__(self, generator: OxygenGenerator) -> None:
         super().__init__()
         self.g = generator
-        w, b = _padded_heads(generator)
-        self.register_buffer("head_w", w, persistent=False)
-        self.register_buffer("head_b", b, persistent=False)
-        n = generator.cfg.n_prefix
-        self.register_buffer("causal", torch.ones(n, n, dtype=torch.bool).tril(), persistent=False)
 
     def forward(self, scenario, profile, profile_mask, instruction_emb, has_instruction,
                 short_sids, short_mask, long_sids, long_mask):
@@ -199,39 +116,37 @@ class EncoderExport(nn.Module):
             # causal memory's always-valid null slot, so the mask does not change.
             anchor = (short_sids[:, 0, 0] * 0 == 0) & (short_mask[:, 0] | ~short_mask[:, 0])
             memory_mask = torch.cat([memory_mask[:, :1] & anchor[:, None], memory_mask[:, 1:]], 1)
-        kv = [blk.cross_kv(memory) for blk in g.dec_blocks]
-        cross_k = torch.stack([k for k, _ in kv], 1)  # [B, NL, H, T, d_h]
-        cross_v = torch.stack([v for _, v in kv], 1)
-        ins = memory[:, -1:]  # the decoder instruction token INS, [B, 1, d]
-        bos = g.bos.expand_as(ins)
-        prefix = {"none": [bos], "replace_bos": [ins], "add_to_bos": [bos + ins],
-                  "left_of_bos": [ins, bos], "right_of_bos": [bos, ins]}[g.cfg.instruction_position]
-        x = (torch.cat(prefix, 1) + g.dec_pos.weight[: g.cfg.n_prefix])[:, None]  # [B, 1, n_prefix, d]
-        h, past_k, past_v = _run_decoder(g.dec_blocks, x, None, None, cross_k, cross_v, memory_mask, self.causal)
-        logits = g.dec_ln(h[:, :, -1]) @ self.head_w[0].T + self.head_b[0]  # [B, 1, V*]
-        return memory, memory_mask, cross_k, cross_v, past_k, past_v, logits
+        cache = g.init_cache(memory, memory_mask)
+        h, ks, vs, _ = g.run_decoder(g.prefix_inputs(cache.instruction), cache)
+        level0 = torch.zeros(1, dtype=torch.long, device=h.device)
+        logits = g.level_logits(h[:, -1], level0)[:, None]  # [B, 1, V*]
+        return (memory, memory_mask, torch.stack(cache.cross_k, 1), torch.stack(cache.cross_v, 1),
+                torch.stack(ks, 1)[:, None], torch.stack(vs, 1)[:, None], logits)
 
 
 class DecoderStepExport(nn.Module):
-    """One incremental decoder position for G beams per user (see module docstring)."""
+    """One incremental decoder position for G beams per user (module docstring): the B x G beams become B * G
+    decoder rows of the generator's own run_decoder (cross-attention grouped over the G rows of a user, so the
+    encoder state is never copied per beam)."""
 
     def __init__(self, generator: OxygenGenerator) -> None:
         super().__init__()
         self.g = generator
-        w, b = _padded_heads(generator)
-        self.register_buffer("head_w", w, persistent=False)
-        self.register_buffer("head_b", b, persistent=False)
 
     def forward(self, token, past_k, past_v, cross_k, cross_v, memory_mask):
         g = self.g
+        layers = range(g.cfg.dec_layers)
         pos = torch._shape_as_tensor(past_k)[4].reshape(1)  # P = index of the new decoder position (traced)
-        level = pos - g.cfg.n_prefix  # level of `token`
-        x = g.code_emb(token + g.code_offsets.index_select(0, level)) + g.dec_pos.weight.index_select(0, pos)
-        h, present_k, present_v = _run_decoder(g.dec_blocks, x[:, :, None], past_k, past_v, cross_k, cross_v,
-                                               memory_mask, None)
-        nxt = level + 1
-        logits = g.dec_ln(h[:, :, -1]) @ self.head_w.index_select(0, nxt)[0].T + self.head_b.index_select(0, nxt)[0]
-        return logits, present_k, present_v
+        x = g.code_inputs(token.reshape(-1, 1), pos)  # [B * G, 1, d]
+        past_k, past_v = past_k.flatten(0, 1), past_v.flatten(0, 1)  # [B * G, NL, H, P, d_h]
+        cache = DecoderCache([cross_k[:, i] for i in layers], [cross_v[:, i] for i in layers],
+                             memory_mask[:, None, None, :], None,
+                             [past_k[:, i] for i in layers], [past_v[:, i] for i in layers])
+        h, ks, vs, _ = g.run_decoder(x, cache)
+        logits = g.level_logits(h[:, -1], pos - g.cfg.n_prefix + 1)  # the next level's
+        beams = token.shape
+        return (logits.unflatten(0, beams), torch.stack(ks, 1).unflatten(0, beams),
+                torch.stack(vs, 1).unflatten(0, beams))
 
 
 # ---------------------------------------------------------------------------------------------- inputs

@@ -398,7 +398,7 @@ class OxygenGenerator(nn.Module):
         instr = instr.view(b, w, -1)[:, r0:].reshape(b * (w - r0), -1)
         cache = DecoderCache(list(ks), list(vs), cross, instr)
         flat = seq[:, r0:].reshape(b * (w - r0), -1)
-        h, _, _, dec_aux = self._run_decoder(self._decoder_inputs(instr, flat[:, : cfg.n_levels - 1]), cache)
+        h, _, _, dec_aux = self.run_decoder(self._decoder_inputs(instr, flat[:, : cfg.n_levels - 1]), cache)
         sel = lmask[:, r0:].reshape(-1)
         target = flat[sel]
         first = cfg.n_prefix - 1
@@ -429,29 +429,49 @@ class OxygenGenerator(nn.Module):
         ks, vs = zip(*(blk.cross_kv(memory) for blk in self.dec_blocks))
         return DecoderCache(list(ks), list(vs), memory_mask[:, None, None, :], memory[:, -1])
 
-    def _decoder_inputs(self, instruction: torch.Tensor, codes: torch.Tensor, start: int = 0) -> torch.Tensor:
-        """Decoder input positions start .. n_prefix + t - 1, [B', n_prefix + t - start, d], for instruction rows
-        [B', d] and codes [B', t] (levels 0..t-1)."""
-        bp, t = codes.shape
-        n_prefix = self.cfg.n_prefix
-        if start >= n_prefix:  # only code positions are new (incremental decoding)
-            l0 = start - n_prefix
-            x = self.code_emb(codes[:, l0:] + self.code_offsets[l0:t])
-            return x + self.dec_pos.weight[start : n_prefix + t]
-        bos = self.bos.expand(bp, 1, -1)
+    def prefix_inputs(self, instruction: torch.Tensor) -> torch.Tensor:
+        """The decoder's prefix positions [B', n_prefix, d] (BOS and INS as ``instruction_position`` places them) for
+        instruction rows [B', d]; they depend on no code, so serving runs them once per request."""
+        bos = self.bos.expand(instruction.shape[0], 1, -1)
         ins = instruction[:, None]
-        pos_mode = self.cfg.instruction_position
         prefix = {
             "none": [bos],
             "replace_bos": [ins],
             "add_to_bos": [bos + ins],
             "left_of_bos": [ins, bos],
             "right_of_bos": [bos, ins],
-        }[pos_mode]
-        x = torch.cat([*prefix, self.code_emb(codes + self.code_offsets[:t])], dim=1)
-        return (x + self.dec_pos.weight[: x.shape[1]])[:, start:]
+        }[self.cfg.instruction_position]
+        return torch.cat(prefix, dim=1) + self.dec_pos.weight[: self.cfg.n_prefix]
 
-    def _run_decoder(self, x: torch.Tensor, cache: DecoderCache) -> tuple[torch.Tensor, list, list, list]:
+    def code_inputs(self, codes: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
+        """Decoder inputs [B', n, d] of codes [B', n] at decoder positions Long[n] (>= n_prefix; the level of a
+        position is position - n_prefix). Positions are a tensor so that the exported step graph can take its
+        position from the length of the cache it is given."""
+        levels = positions - self.cfg.n_prefix
+        return self.code_emb(codes + self.code_offsets.index_select(0, levels)) + self.dec_pos.weight.index_select(0, positions)
+
+    def _decoder_inputs(self, instruction: torch.Tensor, codes: torch.Tensor, start: int = 0) -> torch.Tensor:
+        """Decoder input positions start .. n_prefix + t - 1, [B', n_prefix + t - start, d], for instruction rows
+        [B', d] and codes [B', t] (levels 0..t-1)."""
+        n_prefix, t = self.cfg.n_prefix, codes.shape[1]
+        first = max(start, n_prefix)  # the first code position to build
+        x = self.code_inputs(codes[:, first - n_prefix:], torch.arange(first, n_prefix + t, device=codes.device))
+        if start < n_prefix:
+            x = torch.cat([self.prefix_inputs(instruction)[:, start:], x], dim=1)
+        return x
+
+    def level_logits(self, h: torch.Tensor, level: torch.Tensor) -> torch.Tensor:
+        """Logits Float[R, V*] (V* = max vocab size, -inf beyond the level's vocabulary) of level ``level`` Long[1]
+        from final decoder states h [R, d]: all heads padded into one table, so a traced graph can pick the head
+        by a tensor (the exported step graph's level comes from its cache length)."""
+        vmax = max(self.cfg.vocab_sizes)
+        w = torch.stack([F.pad(head.weight, (0, 0, 0, vmax - head.out_features)) for head in self.heads])
+        b = torch.stack([F.pad(head.bias, (0, vmax - head.out_features), value=float("-inf")) for head in self.heads])
+        return h @ w.index_select(0, level)[0].T + b.index_select(0, level)[0]
+
+    def run_decoder(self, x: torch.Tensor, cache: DecoderCache) -> tuple[torch.Tensor, list, list, list]:
+        """(final states LN(x) [B', T_new, d], self K and V per layer incl. the new positions, MoE aux losses) of the
+        new decoder positions x [B', T_new, d] given ``cache`` (the one decoder of training, search and export)."""
         x = self.dec_drop(x)
         new_k, new_v, auxes = [], [], []
         for i, blk in enumerate(self.dec_blocks):
@@ -477,7 +497,7 @@ class OxygenGenerator(nn.Module):
         g = self._groups(memory, sids.shape[0])
         cache = self.init_cache(memory, memory_mask)
         instr = cache.instruction.repeat_interleave(g, 0) if g > 1 else cache.instruction
-        h, _, _, auxes = self._run_decoder(self._decoder_inputs(instr, sids[:, : cfg.n_levels - 1]), cache)
+        h, _, _, auxes = self.run_decoder(self._decoder_inputs(instr, sids[:, : cfg.n_levels - 1]), cache)
         first = cfg.n_prefix - 1
         return [head(h[:, first + l]) for l, head in enumerate(self.heads)], auxes
 
@@ -509,7 +529,7 @@ class OxygenGenerator(nn.Module):
             raise ValueError(f"cache already covers {start} decoder positions, nothing new in a prefix of {t} codes")
         instr = cache.instruction.repeat_interleave(g, 0) if g > 1 else cache.instruction
         x = self._decoder_inputs(instr, prefix_tokens.long(), start)
-        h, ks, vs, _ = self._run_decoder(x, cache)
+        h, ks, vs, _ = self.run_decoder(x, cache)
         new_cache = DecoderCache(cache.cross_k, cache.cross_v, cache.cross_mask, cache.instruction, ks, vs)
         return self.heads[t](h[:, -1]), new_cache
 
