@@ -2,7 +2,6 @@
 no-worse-than-baseline gate, and the paper's ablations (``sft_ablations``, group analysis, on demand)."""
 
 import dataclasses
-import shutil
 
 import pandas as pd
 from dagster import (
@@ -16,14 +15,14 @@ from dagster import (
 
 from models.artifacts import content_key
 from models.configs import from_section
-from models.eval.cases import BEST_SASREC, compare
+from models.eval.cases import BEST_SASREC, compare_all
 from models.eval.cases import summary_table as case_table
 from models.eval.cases import gate as paired_gate_on_cases
 from models.eval.generative import evaluate_splits
-from models.eval.split import encode_ids, leave_last_out
+from models.eval.split import leave_last_out
 from models.features.example_encoder import ExampleEncoder
 from models.lightning.progress import EpochProgress
-from models.lightning.sasrec_module import load_sasrec, save_sasrec, train_sasrec
+from models.lightning.sasrec_module import load_sasrec, train_variants
 from models.lightning.train import SFTConfig, load_generator, train_generator
 from models.nn.config import GeneratorConfig
 from models.nn.sasrec import SASRecConfig
@@ -127,32 +126,15 @@ def sasrec_baseline(
     as the generator until early stopping on validation NDCG@10 ends them."""
     split = leave_last_out(interaction_log)
     configs_ = sasrec_configs(params, interaction_log["scenario"].nunique())
-    encoder = encode_ids(split.items)
-    out_dir = artifacts.asset_dir("sasrec_baseline")
     sft = params.settings.sft
-    variants, rows, plots = {}, [], {}
-    for name, variant in configs_.items():
-        shutil.rmtree(out_dir / name, ignore_errors=True)  # a fresh fit each time: no stale best.ckpt to pick up
-        model, metrics = train_sasrec(split, variant, encoder=encoder, default_root_dir=out_dir / name,
-                                      accelerator=sft.accelerator, devices=sft.devices, log=context.log.info)
-        weights = save_sasrec(model, encoder, out_dir / f"{name}.pt")
-        variants[name] = {"weights": str(weights), "metrics": {k: float(v) for k, v in metrics.items()
-                                                               if isinstance(v, (int, float))}}
-        plots[f"curves_{name}"] = curves(metrics["curve"], ("train/loss", "val/loss"), ("val/hr@10", "val/ndcg@10"))
-        rows.append({"variant": name, "epochs": int(metrics["epochs"]), "best_epoch": int(metrics["best_epoch"]),
-                     "train_seconds": round(float(metrics["train_seconds"]), 1),
-                     **{k: round(float(metrics[k]), 4) for k in ("valid/hr@10", "valid/ndcg@10", "test/hr@10",
-                                                                  "test/ndcg@10")}})
-    context.add_output_metadata(
-        {
-            "config": MetadataValue.json({k: dataclasses.asdict(v) for k, v in configs_.items()}),
-            "variants": md(pd.DataFrame(rows)),
-            "epochs": rows[0]["epochs"],
-            "best_epoch": rows[0]["best_epoch"],
-            "valid_hr10": rows[0]["valid/hr@10"],
-            **plots,
-        }
-    )
+    variants, rows, learning = train_variants(split, configs_, artifacts.asset_dir("sasrec_baseline"),
+                                              accelerator=sft.accelerator, devices=sft.devices, log=context.log.info)
+    context.add_output_metadata({
+        "config": MetadataValue.json({k: dataclasses.asdict(v) for k, v in configs_.items()}),
+        "variants": md(rows), "epochs": int(rows["epochs"].iloc[0]), "best_epoch": int(rows["best_epoch"].iloc[0]),
+        "valid_hr10": float(rows["valid/hr@10"].iloc[0]),
+        **{f"curves_{name}": curves(c, ("train/loss", "val/loss"), ("val/hr@10", "val/ndcg@10"))
+           for name, c in learning.items()}})
     return {"variants": variants}
 
 
@@ -182,12 +164,8 @@ def sft_evaluation(
     overall = table[table["group"] == "overall"]
     mine = overall[(overall["split"] == "test") & (overall["model"] == CANDIDATE)].iloc[0]
     gate = settings.gate
-    intervals = pd.DataFrame([
-        {"model": name, **c.as_dict()}
-        for name in sorted(set(cases["model"]) - {CANDIDATE})
-        for c in compare(cases, CANDIDATE, name, "test", gate.metrics, resamples=gate.resamples,
-                         confidence=gate.confidence, seed=settings.seed)
-    ])
+    intervals = compare_all(cases, CANDIDATE, "test", gate.metrics, resamples=gate.resamples,
+                            confidence=gate.confidence, seed=settings.seed)
     test = table[table["split"] == "test"]
     context.add_output_metadata(
         {

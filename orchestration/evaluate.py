@@ -31,14 +31,14 @@ from pathlib import Path
 import pandas as pd
 from dagster import DagsterInstance
 
+from assets.training import CANDIDATE
 from models.artifacts import atomic_write_json
-from models.eval.cases import compare, summary_table
+from models.eval.cases import compare_all, summary_table
 
 from .demo import print_stage_times, print_summary, run_pipeline, stage_seconds
 from .settings import Settings, current_settings
 
 STAGES = ("ingest", "daily_instructions", "refresh_features", "train_sft")
-CANDIDATE = "oxygenrec_sft"
 
 
 def metrics_report(table: pd.DataFrame) -> dict:
@@ -95,9 +95,8 @@ def evaluation_instance(settings: Settings) -> DagsterInstance:
 
 def build_report(settings: Settings, results, cases: pd.DataFrame, instance: DagsterInstance, seconds: float) -> dict:
     gate = settings.gate
-    paired = [{"model": name, **c.as_dict()} for name in sorted(set(cases["model"]) - {CANDIDATE})
-              for c in compare(cases, CANDIDATE, name, "test", gate.metrics, resamples=gate.resamples,
-                               confidence=gate.confidence, seed=settings.seed)]
+    paired = compare_all(cases, CANDIDATE, "test", gate.metrics, resamples=gate.resamples,
+                         confidence=gate.confidence, seed=settings.seed).to_dict(orient="records")
     sasrec = materialized_here(results, "sasrec_baseline") or {}
     examples = materialized_here(results, "training_examples") or {}
     return {

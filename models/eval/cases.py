@@ -110,6 +110,16 @@ def compare(cases: pd.DataFrame, candidate: str, reference: str, split: str | No
             for m in metrics]
 
 
+def compare_all(cases: pd.DataFrame, candidate: str, split: str | None, metrics: Sequence[str] = ("ndcg@10", "hr@10"),
+                *, resamples: int = 1000, confidence: float = 0.95, seed: int = 0) -> pd.DataFrame:
+    """:func:`compare` of ``candidate`` against every other model of ``cases``: one row per (model, metric) with
+    candidate, reference, difference, low, high and ratio."""
+    return pd.DataFrame([{"model": name, **c.as_dict()}
+                         for name in sorted(set(cases["model"]) - {candidate})
+                         for c in compare(cases, candidate, name, split, metrics, resamples=resamples,
+                                          confidence=confidence, seed=seed)])
+
+
 def gate(cases: pd.DataFrame, candidate: str, reference: str, split: str | None = "valid",
          metrics: Sequence[str] = ("ndcg@10", "hr@10"), *, margin: float = 0.0, resamples: int = 1000,
          confidence: float = 0.95, seed: int = 0) -> tuple[str, GateDecision]:

@@ -14,14 +14,16 @@ validation metrics go to ``metrics["curve"]`` and, one line per epoch, to the op
 
 from __future__ import annotations
 
+import shutil
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
 import lightning as L
 import numpy as np
+import pandas as pd
 import torch
 from lightning.pytorch.callbacks import Callback, EarlyStopping, ModelCheckpoint
 from lightning.pytorch.loggers import CSVLogger
@@ -238,6 +240,31 @@ def train_sasrec(
                 metrics[f"{prefix}/{name}"] = value
     metrics["curve"] = [dict(r) for r in history.rows]
     return model, metrics
+
+
+def train_variants(split: LeaveLastOutSplit, configs: Mapping[str, SASRecConfig], out_dir: str | Path, *,
+                   accelerator: str = "cpu", devices: int = 1,
+                   log: Callable[[str], None] | None = None) -> tuple[dict[str, dict], pd.DataFrame, dict[str, list]]:
+    """Train every named SASRec variant on ``split`` (same item encoder), each from scratch in ``out_dir/<name>``,
+    and save its weights as ``out_dir/<name>.pt``. Returns ({name: {"weights", "metrics" (the numbers)}}, one
+    summary row per variant (epochs, best epoch, train seconds, valid / test HR@10 and NDCG@10), {name: learning
+    curve})."""
+    out_dir = Path(out_dir)
+    encoder = encode_ids(split.items)
+    variants, rows, curves = {}, [], {}
+    for name, config in configs.items():
+        shutil.rmtree(out_dir / name, ignore_errors=True)  # a fresh fit each time: no stale best.ckpt to pick up
+        model, metrics = train_sasrec(split, config, encoder=encoder, default_root_dir=out_dir / name,
+                                      accelerator=accelerator, devices=devices, log=log)
+        weights = save_sasrec(model, encoder, out_dir / f"{name}.pt")
+        variants[name] = {"weights": str(weights),
+                          "metrics": {k: float(v) for k, v in metrics.items() if isinstance(v, (int, float))}}
+        curves[name] = metrics["curve"]
+        rows.append({"variant": name, "epochs": int(metrics["epochs"]), "best_epoch": int(metrics["best_epoch"]),
+                     "train_seconds": round(float(metrics["train_seconds"]), 1),
+                     **{k: round(float(metrics[k]), 4) for k in ("valid/hr@10", "valid/ndcg@10", "test/hr@10",
+                                                                  "test/ndcg@10")}})
+    return variants, pd.DataFrame(rows), curves
 
 
 def save_sasrec(model: SASRec, encoder: IdEncoder, path: str | Path) -> Path:

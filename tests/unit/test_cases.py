@@ -53,3 +53,12 @@ def test_gate_on_cases_pairs_examples_and_refuses_a_worse_candidate():
     assert flipped.passed and all(c.low > 0 for c in flipped.comparisons)
     with pytest.raises(ValueError, match="same examples"):
         C.gate(cases[~((cases["model"] == "gen") & (cases["example"] == 3))], "gen", "sasrec", "valid")
+
+
+def test_compare_all_pairs_the_candidate_with_every_other_model():
+    rng = np.random.default_rng(1)
+    base = np.where(rng.random(400) < 0.4, rng.integers(0, 10, 400), INF).astype(float)
+    cases = _cases({("test", "gen"): list(base), ("test", "pop"): [INF] * 400, ("test", "sasrec"): list(base)})
+    table = C.compare_all(cases, "gen", "test", ("hr@10",), resamples=200).set_index("model")
+    assert list(table.index) == ["pop", "sasrec"]
+    assert table.loc["pop", "low"] > 0 and table.loc["sasrec", "difference"] == 0.0

@@ -1,5 +1,7 @@
 """SASRec: causality, padding invariance, learning a trivial rule, Lightning training determinism."""
 
+import dataclasses
+
 import numpy as np
 import pandas as pd
 import pytest
@@ -7,7 +9,7 @@ import torch
 
 from models.eval.metrics import ranking_metrics
 from models.eval.split import encode_ids, leave_last_out
-from models.lightning.sasrec_module import SASRecModule, train_sasrec
+from models.lightning.sasrec_module import SASRecModule, load_sasrec, train_sasrec, train_variants
 from models.lightning.sequence_data import SequenceDataModule, train_tensors, train_windows
 from models.nn.sasrec import SASRec, SASRecConfig, left_pad
 
@@ -313,3 +315,20 @@ def test_scenario_aware_training_logs_and_round_trips(tmp_path):
     assert torch.equal(model.recommend(hist, 10, **kw), loaded.recommend(hist, 10, **kw))
     with pytest.raises(ValueError, match="unknown scenario"):
         loaded.recommend(hist[:1], 10, scenarios=["s9"], history_scenarios=cases.history_scenarios[:1])
+
+
+def test_train_variants_fits_each_from_scratch_and_saves_loadable_weights(tmp_path):
+    split = _tiny_split()
+    base = SASRecConfig(hidden=16, n_blocks=1, max_len=8, batch_size=16, seed=1, patience=5, max_epochs=2)
+    configs = {"sasrec": base, "sasrec_scenario": dataclasses.replace(base, scenario_aware=True)}
+    (tmp_path / "sasrec" / "checkpoints").mkdir(parents=True)
+    (tmp_path / "sasrec" / "checkpoints" / "stale.ckpt").write_text("old")  # never picked up
+    variants, rows, curves = train_variants(split, configs, tmp_path)
+    assert list(rows["variant"]) == ["sasrec", "sasrec_scenario"] and (rows["epochs"] == 2).all()
+    assert not (tmp_path / "sasrec" / "checkpoints" / "stale.ckpt").exists()
+    for name in configs:
+        model, encoder = load_sasrec(variants[name]["weights"])
+        assert len(curves[name]) == 2 and encoder.n_ids == model.n_items
+        row = rows.set_index("variant").loc[name]
+        assert variants[name]["metrics"]["test/hr@10"] == pytest.approx(row["test/hr@10"], abs=1e-4)
+    assert list(load_sasrec(variants["sasrec_scenario"]["weights"])[0].scenarios) == ["s0", "s1"]
