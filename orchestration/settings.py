@@ -312,6 +312,7 @@ class RLSettings(_Section):
     kl_stop: float | None = Field(1.0, gt=0)   # stop (and report) when the post-update KL exceeds this
     temperature: float = Field(1.0, gt=0)      # sampling temperature (part of the policy)
     group_sampling: Literal["sample", "beam"] = "sample"  # a group: G sampled items, or the beam search's top G
+    target_in_group: bool = False              # the logged next item joins its prompt's group (off-policy demonstration)
     synthetic_share: float = Field(0.2, ge=0, le=1)   # fraction of prompts that are counterfactual contexts
     max_examples: int = Field(20000, ge=1)     # train examples (sampled) for prompts and reward-model rows
     # serving_candidate: RL is served when the `gate` section's paired bootstrap of (RL - SFT) on every

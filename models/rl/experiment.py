@@ -87,6 +87,7 @@ class RLRun:
     prompts_per_step: int = 32
     synthetic_share: float = 0.0
     group_sampling: str = "sample"  # sample | beam (GeneratorPolicyConfig)
+    target_in_group: bool = False  # the logged item joins its prompt's group (GeneratorPolicyConfig)
     temperature: float = 1.0
     mix: RewardMix = field(default_factory=RewardMix)
     seed: int = 0

@@ -80,6 +80,11 @@ class GeneratorPolicyConfig:
     # how a group is drawn: "sample" = G items sampled level by level; "beam" = the G best distinct items of the
     # trie-constrained beam search (the hard negatives a ranking is judged by; needs item_codes)
     group_sampling: str = "sample"
+    # the logged next item of a real training prompt replaces the group's last member when the group lacks it (an
+    # off-policy demonstration, as in guided RL): most sampled groups of a large catalog never hold the logged item,
+    # so the verifiable reward has nothing to rank; with it every real prompt's group does. Synthetic prompts and
+    # prompts without a catalog target are left as drawn.
+    target_in_group: bool = False
 
     def __post_init__(self) -> None:
         if not self.temperature > 0:
@@ -129,6 +134,8 @@ class GeneratorPolicy(nn.Module):
             raise ValueError(f"group_size must be >= 1, got {group_size}")
         if self.config.group_sampling == "beam":
             return self._beam_group(prompts, group_size)
+        if self.config.target_in_group and not self.config.rescore:
+            raise ValueError("GeneratorPolicyConfig.target_in_group needs rescore=True (the logged item is not drawn)")
         memory, memory_mask = self.model.encode(prompts)
         b, dev = memory.shape[0], memory.device
         rows = b * group_size
@@ -142,7 +149,7 @@ class GeneratorPolicy(nn.Module):
             logps.append(lp.gather(1, token)[:, 0])
             nodes = self.trie.advance(nodes, token[:, 0].cpu(), d)
             prefix = torch.cat([prefix, token], dim=1)
-        tokens = prefix.view(b, group_size, -1)
+        tokens = self._with_target(prompts, prefix.view(b, group_size, -1))
         logp = torch.stack(logps, 1).view(b, group_size, -1)
         if self.config.rescore:  # log_probs' own computation on the same (deterministic) encoder output
             logp = self._score(memory, memory_mask, tokens)
@@ -154,9 +161,23 @@ class GeneratorPolicy(nn.Module):
 
         items, _ = constrained_beam_search(self.model, prompts, self.trie, group_size, group_size)
         items = torch.where(items >= 0, items, items[:, :1])  # tiny catalogs: repeat the best item
-        tokens = self.item_codes[items.cpu()].to(items.device)
+        tokens = self._with_target(prompts, self.item_codes[items.cpu()].to(items.device))
         memory, memory_mask = self.model.encode(prompts)
         return _best_first(tokens, self._score(memory, memory_mask, tokens))
+
+    def _with_target(self, prompts: dict, tokens: torch.Tensor) -> torch.Tensor:
+        """``tokens`` [B, G, L+1] with the logged item in the last slot of every real prompt whose group lacks it
+        (``target_in_group``); unchanged otherwise."""
+        if not self.config.target_in_group or "target_sids" not in prompts:
+            return tokens
+        target = prompts["target_sids"].to(tokens.device).long()
+        real = prompts.get("has_target", torch.ones(len(target), dtype=torch.bool)).bool().to(tokens.device)
+        if "synthetic" in prompts:
+            real = real & ~prompts["synthetic"].bool().to(tokens.device)
+        missing = real & ~(tokens == target[:, None, :]).all(-1).any(-1)
+        tokens = tokens.clone()
+        tokens[missing, -1] = target[missing]
+        return tokens
 
     def _allowed_per_level(self, flat: torch.Tensor) -> list[torch.Tensor]:
         """Allowed-token masks of every level for the prefixes of ``flat`` Long[N, L+1]; ValueError on invalid SIDs."""

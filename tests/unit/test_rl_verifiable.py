@@ -119,3 +119,25 @@ def test_same_seed_same_rl_result():
     assert all(torch.equal(x, y) for x, y in zip(a.state_dict().values(), b.state_dict().values()))
     _, history_c, _ = _rl_run("sample", seed=4)
     assert history_c != history_a
+
+
+@pytest.mark.parametrize("group", ["sample", "beam"])
+def test_target_in_group_puts_the_logged_item_in_every_real_prompts_group(group):
+    codes = catalog()
+    trie = SIDTrie.from_codes(codes, VOCAB)
+    model = tiny_model()
+    prompts = PromptSet(encoded_examples(codes), 3, PromptConfig(batch_size=8, synthetic_share=0.5))
+    batch = prompts(0, torch.Generator().manual_seed(0))
+    policy = GeneratorPolicy(model, trie, GeneratorPolicyConfig(group_sampling=group, target_in_group=True),
+                             item_codes=torch.as_tensor(codes))
+    plain = GeneratorPolicy(model, trie, GeneratorPolicyConfig(group_sampling=group), item_codes=torch.as_tensor(codes))
+    tokens, logp, _ = policy.sample(batch, 2, torch.Generator().manual_seed(1))
+    drawn, _, _ = plain.sample(batch, 2, torch.Generator().manual_seed(1))
+    has = (tokens == batch["target_sids"][:, None]).all(-1).any(-1)
+    real = ~batch["synthetic"].bool()
+    assert bool(real.any()) and bool(has[real].all())
+    drawn_has = (drawn == batch["target_sids"][:, None]).all(-1).any(-1)
+    assert not bool(drawn_has[real].all())  # some groups lacked it: the option did the work
+    assert torch.equal(tokens[~real], drawn[~real])  # synthetic prompts keep the group they drew
+    assert torch.allclose(policy.log_probs(batch, tokens), logp)  # the demonstration is scored, ratio 1
+    assert (logp.sum(-1)[:, :-1] >= logp.sum(-1)[:, 1:]).all()
