@@ -26,7 +26,8 @@ OPTIONAL_INPUTS = ("instruction_age",)  # sent when the arrays carry it (optiona
 _DTYPES = {"scenario": (np.int64, "INT64"), "profile": (np.int64, "INT64"), "profile_mask": (np.bool_, "BOOL"),
            "instruction_emb": (np.float32, "FP32"), "has_instruction": (np.bool_, "BOOL"),
            "short_sids": (np.int64, "INT64"), "short_mask": (np.bool_, "BOOL"), "long_sids": (np.int64, "INT64"),
-           "long_mask": (np.bool_, "BOOL"), "instruction_age": (np.float32, "FP32"), "beam_width": (np.int32, "INT32"), "top_k": (np.int32, "INT32")}
+           "long_mask": (np.bool_, "BOOL"), "instruction_age": (np.float32, "FP32"),
+           "beam_width": (np.int32, "INT32"), "top_k": (np.int32, "INT32")}
 _OUTPUTS = ("item_index", "score", "item_id")
 # = models.export.repository.SERVING_PARAM / SERVING_SHA_PARAM (no models import in the client)
 SERVING_PARAM, SERVING_SHA_PARAM = "SERVING_VERSION", "SERVING_MANIFEST_SHA256"
