@@ -26,7 +26,7 @@ from dagster import (
 
 from models.decoding import constrained_beam_search
 from models.export import ServingConfig, VersionClient, write_model_repository
-from models.export.version_client import ONLINE_COLUMNS
+from models.export.version_client import AGE_COLUMNS, ONLINE_COLUMNS
 from models.export.verify import verify_staged_version
 from models.features.example_encoder import ExampleEncoder
 from models.lightning.train import load_generator
@@ -114,12 +114,16 @@ def canary_rows(smoke: pd.DataFrame, artifacts: ArtifactStoreResource, feature_s
     """The canary's requests: the smoke users (their example's features) and the ``replay`` most recent served
     requests of the request log (their current online features), one row each."""
     columns = ["user_id", "scenario", *ONLINE_COLUMNS]
-    rows = [smoke[columns].assign(source="smoke")]
+
+    def pick(frame: pd.DataFrame) -> pd.DataFrame:  # + the instruction-age columns the rows have
+        return frame[columns + [c for c in AGE_COLUMNS if c in frame.columns]]
+
+    rows = [pick(smoke).assign(source="smoke")]
     recent = RequestLog(artifacts.asset_dir(REQUEST_LOG.parts[0]) / REQUEST_LOG.name).recent(replay)
     if recent:
         requests = pd.DataFrame(recent)[["user_id", "scenario"]].drop_duplicates(keep="last").reset_index(drop=True)
         replayed = online_rows(feature_store.store(), requests)
-        rows.append(replayed[columns].assign(source="replay"))
+        rows.append(pick(replayed).assign(source="replay"))
     return pd.concat(rows, ignore_index=True)
 
 

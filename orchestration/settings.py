@@ -184,6 +184,7 @@ class SFTSettings(_Section):
     q2i_weight: float = Field(0.1, ge=0)
     history_encoder: Literal["set", "causal"] = "set"   # models/nn/config.py: the paper's set encoder | causal
     item_buckets: int = Field(0, ge=0)       # hashed item-level embedding of history items (0 = off)
+    instruction_age: bool = False            # the instruction's age (log buckets) added to the decoder's INS token
     max_long: int | None = Field(None, ge=2)  # newest long-history items the generator reads (None: features.n_long)
     dropout: float = Field(0.1, ge=0, lt=1)
     train_positions: Literal["last", "all"] = "last"    # all: every position of each sequence (causal encoder)

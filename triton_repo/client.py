@@ -1,7 +1,7 @@
 """Client of the ``oxygenrec_generate`` Triton model (tritonclient, HTTP or gRPC).
 
 The caller (a gateway, or the pipeline's smoke test) does the feature lookup (Feast online read) and passes the
-encoder's nine arrays (see models/export/onnx_export.serving_arrays): the Triton repository stays stateless.
+encoder's arrays (see models/export/onnx_export.serving_arrays; instruction_age is optional): the Triton repository stays stateless.
 
     with TritonRecommender("127.0.0.1:8000") as rec:
         items, scores = rec.recommend(arrays, beam_width=64, top_k=20)     # [B, 20] catalog rows, log-probs
@@ -22,10 +22,12 @@ __all__ = ["TritonRecommender", "GENERATE_INPUTS", "ServingVersionError"]
 
 GENERATE_INPUTS = ("scenario", "profile", "profile_mask", "instruction_emb", "has_instruction",
                    "short_sids", "short_mask", "long_sids", "long_mask")
+OPTIONAL_INPUTS = ("instruction_age",)  # sent when the arrays carry it (optional in config.pbtxt)
 _DTYPES = {"scenario": (np.int64, "INT64"), "profile": (np.int64, "INT64"), "profile_mask": (np.bool_, "BOOL"),
            "instruction_emb": (np.float32, "FP32"), "has_instruction": (np.bool_, "BOOL"),
            "short_sids": (np.int64, "INT64"), "short_mask": (np.bool_, "BOOL"), "long_sids": (np.int64, "INT64"),
-           "long_mask": (np.bool_, "BOOL"), "beam_width": (np.int32, "INT32"), "top_k": (np.int32, "INT32")}
+           "long_mask": (np.bool_, "BOOL"), "instruction_age": (np.float32, "FP32"),
+           "beam_width": (np.int32, "INT32"), "top_k": (np.int32, "INT32")}
 _OUTPUTS = ("item_index", "score", "item_id")
 # = models.export.repository.SERVING_PARAM / SERVING_SHA_PARAM (no models import in the client)
 SERVING_PARAM, SERVING_SHA_PARAM = "SERVING_VERSION", "SERVING_MANIFEST_SHA256"
@@ -134,7 +136,7 @@ class TritonRecommender:
     def recommend(self, batch_arrays: dict, beam_width: int, top_k: int,
                   version: int | str | None = None) -> tuple[np.ndarray, np.ndarray]:
         """(item_indices Int64[B, top_k] (catalog rows, -1 = none), scores Float32[B, top_k] log-probs), best first.
-        ``batch_arrays``: the nine encoder arrays for B users (numpy or torch); ids land in ``last_item_ids``.
+        ``batch_arrays``: the encoder arrays for B users (numpy or torch); ids land in ``last_item_ids``.
         ``version`` overrides the client's pinned version for this call."""
         version = self.version if version is None else str(version)
         if self._client is None:
@@ -143,13 +145,15 @@ class TritonRecommender:
         if missing:
             raise ValueError(f"batch_arrays is missing {missing}")
         arrays = {}
-        for k in GENERATE_INPUTS:
+        for k in (*GENERATE_INPUTS, *(k for k in OPTIONAL_INPUTS if k in batch_arrays)):
             v = batch_arrays[k]
             v = v.detach().cpu().numpy() if hasattr(v, "detach") else np.asarray(v)
             arrays[k] = np.ascontiguousarray(v.astype(_DTYPES[k][0], copy=False))
         b = arrays["scenario"].reshape(-1).shape[0]
         arrays["scenario"] = arrays["scenario"].reshape(b, 1)  # per-user scalars travel as [B, 1]
-        arrays["has_instruction"] = arrays["has_instruction"].reshape(b, 1)
+        for k in ("has_instruction", *OPTIONAL_INPUTS):
+            if k in arrays:
+                arrays[k] = arrays[k].reshape(b, 1)
         arrays["beam_width"] = np.full((b, 1), int(beam_width), np.int32)
         arrays["top_k"] = np.full((b, 1), int(top_k), np.int32)
         items, scores, ids = [], [], []

@@ -256,9 +256,10 @@ def run_canary(url: str, repo_root: Path, serving: int, candidate: int, frame: p
               "min_overlap": policy.canary_min_overlap, f"overlap@{k}": None, "overlap_by_source": {}, "blocked": False}
     if rows.empty:
         return report
-    ids = {}
+    ids, now = {}, time.time()  # one request time: both sides see the same instruction ages
     for side, (model, version) in sides.items():
-        _, ids[side], secs = _answer(url, model, version, clients[side].inputs(rows), beam, k, one_by_one=True)
+        arrays = clients[side].inputs(rows, now=now)
+        _, ids[side], secs = _answer(url, model, version, arrays, beam, k, one_by_one=True)
         report[f"latency_{side}"] = _latency(secs)
     overlap = np.array([len(set(a[:k]) & set(b[:k])) / k for a, b in zip(ids["serving"], ids["candidate"])])
     source = rows["source"].to_numpy() if "source" in rows else np.full(len(rows), "replay", dtype=object)

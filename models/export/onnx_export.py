@@ -10,7 +10,8 @@ Encoder graph ``encoder.onnx`` (the encoder plus the decoder's prefix positions,
 
     inputs   scenario Long[B], profile Long[B, P_f], profile_mask Bool[B, P_f], instruction_emb Float[B, D_r],
              has_instruction Bool[B], short_sids Long[B, S, L+1], short_mask Bool[B, S],
-             long_sids Long[B, M, L+1], long_mask Bool[B, M]
+             long_sids Long[B, M, L+1], long_mask Bool[B, M], instruction_age Float[B] (days, -1 = none; read
+             only with GeneratorConfig.instruction_age, but every graph has it: one interface)
     outputs  memory Float[B, T, d], memory_mask Bool[B, T]           (= OxygenGenerator.encode)
              cross_k, cross_v Float[B, NL, H, T, d_h]               cross-attention K/V of every decoder layer
              past_k, past_v Float[B, 1, NL, H, n_prefix, d_h]        self-attention K/V of BOS/INS (one beam)
@@ -55,6 +56,7 @@ import torch.nn as nn
 
 from models.nn.config import GeneratorConfig
 from models.nn.generator import OxygenGenerator
+from models.nn.instruction_age import NO_AGE
 from models.nn.layers import DecoderCache
 
 __all__ = [
@@ -77,7 +79,7 @@ __all__ = [
 ]
 
 ENCODER_INPUTS = ("scenario", "profile", "profile_mask", "instruction_emb", "has_instruction",
-                  "short_sids", "short_mask", "long_sids", "long_mask")
+                  "short_sids", "short_mask", "long_sids", "long_mask", "instruction_age")
 ENCODER_OUTPUTS = ("memory", "memory_mask", "cross_k", "cross_v", "past_k", "past_v", "logits")
 STEP_INPUTS = ("token", "past_k", "past_v", "cross_k", "cross_v", "memory_mask")
 STEP_OUTPUTS = ("logits", "present_k", "present_v")
@@ -104,17 +106,22 @@ class EncoderExport(nn.Module):
         self.g = generator
 
     def forward(self, scenario, profile, profile_mask, instruction_emb, has_instruction,
-                short_sids, short_mask, long_sids, long_mask):
+                short_sids, short_mask, long_sids, long_mask, instruction_age):
         g = self.g
         batch = dict(scenario=scenario, profile=profile, profile_mask=profile_mask, instruction_emb=instruction_emb,
                      has_instruction=has_instruction, short_sids=short_sids, short_mask=short_mask,
-                     long_sids=long_sids, long_mask=long_mask)
+                     long_sids=long_sids, long_mask=long_mask, instruction_age=instruction_age)
         memory, memory_mask = g.encode(batch)
+        # keep inputs the model does not read in the graph (the exporter drops unused inputs) so every generator
+        # has the same interface: the causal encoder reads no short-term list, and instruction_age is read only
+        # with cfg.instruction_age. `anchor` is always True (also for NaN ages), so the mask does not change.
+        anchors = []
         if g.cfg.history_encoder == "causal":
-            # the causal encoder reads no short-term list; keep its two inputs in the graph (the exporter drops
-            # unused inputs) so every generator has the same interface. `anchor` is always True; slot 0 is the
-            # causal memory's always-valid null slot, so the mask does not change.
-            anchor = (short_sids[:, 0, 0] * 0 == 0) & (short_mask[:, 0] | ~short_mask[:, 0])
+            anchors.append((short_sids[:, 0, 0] * 0 == 0) & (short_mask[:, 0] | ~short_mask[:, 0]))
+        if not g.cfg.instruction_age:
+            anchors.append(instruction_age.isnan() | ~instruction_age.isnan())
+        if anchors:
+            anchor = anchors[0] if len(anchors) == 1 else anchors[0] & anchors[1]
             memory_mask = torch.cat([memory_mask[:, :1] & anchor[:, None], memory_mask[:, 1:]], 1)
         cache = g.init_cache(memory, memory_mask)
         h, ks, vs, _ = g.run_decoder(g.prefix_inputs(cache.instruction), cache)
@@ -177,6 +184,9 @@ def example_batch(cfg: GeneratorConfig, batch_size: int = 2, seed: int = 0, code
         "short_mask": lengths(cfg.max_short),
         "long_sids": sids(cfg.max_long),
         "long_mask": lengths(cfg.max_long),
+        # ages from seconds to months (every bucket), a fifth without instruction age
+        "instruction_age": torch.where(torch.rand(b, generator=g) < 0.2, NO_AGE,
+                                       10 ** (torch.rand(b, generator=g) * 6 - 4)),
     }
 
 
@@ -185,10 +195,10 @@ def _np(x) -> np.ndarray:
 
 
 def serving_arrays(batch: dict, cfg: GeneratorConfig, pad: bool = True) -> dict[str, np.ndarray]:
-    """The encoder's nine input arrays (numpy, exact dtypes) from a generator batch dict (torch or numpy).
+    """The encoder's ten input arrays (numpy, exact dtypes) from a generator batch dict (torch or numpy).
 
     Fills the optional entries (profile_mask = profile != 0, has_instruction = True, no instruction -> zeros with
-    has_instruction False, missing profile/histories -> no slots) and, with ``pad``, pads profile / short / long to
+    has_instruction False, instruction_age = -1 (none), missing profile/histories -> no slots) and, with ``pad``, pads profile / short / long to
     n_profile_fields / max_short / max_long with masked entries (padding never changes the result: masked slots
     are excluded from attention and from IGR). Raises ValueError on bad shapes.
     """
@@ -220,6 +230,11 @@ def serving_arrays(batch: dict, cfg: GeneratorConfig, pad: bool = True) -> dict[
     if has.shape != (b,):
         raise ValueError(f"batch['has_instruction'] must be Bool[{b}], got {has.shape}")
     out["instruction_emb"], out["has_instruction"] = r, has
+    age = batch.get("instruction_age")
+    age = np.full(b, NO_AGE, np.float32) if age is None else _np(age).astype(np.float32)
+    if age.shape != (b,):
+        raise ValueError(f"batch['instruction_age'] must be Float[{b}], got {age.shape}")
+    out["instruction_age"] = age
 
     for key, limit in (("short", cfg.max_short), ("long", cfg.max_long)):
         sids, mask = batch.get(f"{key}_sids"), batch.get(f"{key}_mask")
@@ -286,7 +301,7 @@ def export_encoder(generator: OxygenGenerator, path: str | Path, config: ExportC
     axes = {"scenario": {0: "B"}, "profile": {0: "B", 1: "P_f"}, "profile_mask": {0: "B", 1: "P_f"},
             "instruction_emb": {0: "B"}, "has_instruction": {0: "B"},
             "short_sids": {0: "B", 1: "S"}, "short_mask": {0: "B", 1: "S"},
-            "long_sids": {0: "B", 1: "M"}, "long_mask": {0: "B", 1: "M"},
+            "long_sids": {0: "B", 1: "M"}, "long_mask": {0: "B", 1: "M"}, "instruction_age": {0: "B"},
             "memory": {0: "B", 1: "T"}, "memory_mask": {0: "B", 1: "T"},
             "cross_k": {0: "B", 3: "T"}, "cross_v": {0: "B", 3: "T"},
             "past_k": {0: "B"}, "past_v": {0: "B"}, "logits": {0: "B"}}
@@ -323,7 +338,7 @@ def interface(cfg: GeneratorConfig) -> dict:
                        "profile_mask": ["bool", ["B", "P_f"]], "instruction_emb": ["float32", ["B", cfg.instruction_dim]],
                        "has_instruction": ["bool", ["B"]], "short_sids": ["int64", ["B", "S", L1]],
                        "short_mask": ["bool", ["B", "S"]], "long_sids": ["int64", ["B", "M", L1]],
-                       "long_mask": ["bool", ["B", "M"]]},
+                       "long_mask": ["bool", ["B", "M"]], "instruction_age": ["float32", ["B"]]},
             "outputs": {"memory": ["float32", ["B", "T", d]], "memory_mask": ["bool", ["B", "T"]],
                         "cross_k": ["float32", ["B", nl, h, "T", dh]], "cross_v": ["float32", ["B", nl, h, "T", dh]],
                         "past_k": ["float32", ["B", 1, nl, h, n, dh]], "past_v": ["float32", ["B", 1, nl, h, n, dh]],

@@ -14,7 +14,7 @@ version's ``manifest.json`` like every other file):
     sid_table.sha256 = sha256( "\\n".join(item_ids) UTF-8 || b"\\0" || codes as little-endian int64 [N, L+1] )
 
 :class:`VersionClient` reads them back (checksums verified, the SID-table hash recomputed) and turns online
-feature rows into the version's nine encoder arrays. The short-term history enters as ``short_item_ids`` and is
+feature rows into the version's encoder arrays. The short-term history enters as ``short_item_ids`` and is
 mapped to codes through the version's own SID table (the online ``short_sids`` were computed with whatever
 codebook the feature pipeline ran last); items the version's table does not know are dropped, like unknown
 long-term items.
@@ -25,6 +25,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -41,6 +42,7 @@ from .onnx_export import load_runtime, serving_arrays
 
 __all__ = [
     "CLIENT_FILE",
+    "AGE_COLUMNS",
     "ONLINE_COLUMNS",
     "SID_CODES_FILE",
     "VersionClient",
@@ -55,6 +57,8 @@ SID_CODES_FILE = "sid_codes.npy"
 FORMAT, FORMAT_VERSION = "oxyrec.serving_client", 1
 # what a request reads from the online store (feature_repo "serving" service) besides the scenario
 ONLINE_COLUMNS = ("profile_fields", "short_item_ids", "long_item_ids", "instruction_embedding", "has_instruction")
+# optional: the instruction's creation time (online read) and the example's time (replayed examples; else now)
+AGE_COLUMNS = ("generated_at", "target_timestamp")
 
 
 class VersionMismatchError(ValueError):
@@ -192,9 +196,14 @@ class VersionClient:
         codes = self.sid_table.codes[pos[known]].reshape(-1)
         return np.split(codes, np.cumsum(kept * self.sid_table.codes.shape[1])[:-1])
 
-    def inputs(self, frame: pd.DataFrame) -> dict[str, np.ndarray]:
-        """The nine encoder arrays of this version for online feature rows (one request per row)."""
+    def inputs(self, frame: pd.DataFrame, now: float | None = None) -> dict[str, np.ndarray]:
+        """The encoder arrays of this version for online feature rows (one request per row). The instruction's
+        age (from the rows' ``generated_at``) is measured to each row's ``target_timestamp`` (Unix s) when the rows
+        have one (examples replayed as requests), else (column or value missing) to ``now`` (Unix s, default: the current time)."""
         self.check_frame(frame)
         rows = frame.copy()
         rows["short_sids"] = self.short_sids(frame)
+        at = pd.to_numeric(rows["target_timestamp"], errors="coerce") if "target_timestamp" in rows else np.nan
+        rows["target_timestamp"] = pd.Series(at, index=rows.index, dtype=float).fillna(time.time() if now is None
+                                                                                      else float(now))
         return serving_arrays(self.encoder.encode(rows.reset_index(drop=True), targets=False), self.config)

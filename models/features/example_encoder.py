@@ -12,6 +12,9 @@ pyarrow lists or None (= empty).
     profile          Long[B, P]       column j = profile field ``fields[j]`` (P = len(fields) <= max_profile_fields)
     instruction_emb  Float[B, 384]    ``instruction_embedding``; zeros where missing
     has_instruction  Bool[B]          embedding present (and the frame's ``has_instruction``, if any)
+    instruction_age  Float[B]         days from ``generated_at`` to ``target_timestamp`` (the example's time; online
+                                        rows get the request time, models/export/version_client.py), clamped at 0;
+                                        -1 (models/nn/instruction_age.NO_AGE) without instruction or either column
     short_sids       Long[B, S, L+1]  ``short_sids`` (flattened, oldest first) reshaped and REVERSED: slot 0 = most
     short_mask       Bool[B, S]         recent; the last ``max_short`` items are kept; S = longest row (<= max_short)
     long_sids        Long[B, M, L+1]  ``long_item_ids`` mapped through the SemanticIdTable (unknown items dropped,
@@ -49,7 +52,9 @@ import pyarrow.compute as pc
 import torch
 
 from models.artifacts import atomic_write_json
+from models.features.tables import instruction_age_days
 from models.nn.config import GeneratorConfig
+from models.nn.instruction_age import NO_AGE
 from models.semantic_ids.codebook import SemanticIdTable
 
 __all__ = ["BATCH_KEYS", "EncoderConfig", "ExampleEncoder"]
@@ -59,8 +64,8 @@ FORMAT_VERSION = 1
 PAD, OOV = "<pad>", "<unk>"
 SPLITS = ("train", "valid", "test")
 TRAIN_POSITIONS = ("last", "all")
-BATCH_KEYS = ("scenario", "profile", "instruction_emb", "has_instruction", "short_sids", "short_mask",
-              "long_sids", "long_mask", "target_sids", "target_item")
+BATCH_KEYS = ("scenario", "profile", "instruction_emb", "has_instruction", "instruction_age", "short_sids",
+              "short_mask", "long_sids", "long_mask", "target_sids", "target_item")
 REQUIRED = ("scenario", "profile_fields", "short_sids", "long_item_ids")
 
 
@@ -239,6 +244,7 @@ class ExampleEncoder:
         b, c = len(frame), self.config
         out = {"scenario": self._scenarios(frame), "profile": self._profile(frame)}
         out["instruction_emb"], out["has_instruction"] = self._instruction(frame)
+        out["instruction_age"] = self._instruction_age(frame, out["has_instruction"].numpy())
         out["short_sids"], out["short_mask"] = self._short(frame)
         out["long_sids"], out["long_mask"] = self._long(frame)
         if targets:
@@ -287,6 +293,13 @@ class ExampleEncoder:
             has &= flag
             emb[~has] = 0.0
         return torch.from_numpy(emb), torch.from_numpy(has)
+
+    @staticmethod
+    def _instruction_age(frame: pd.DataFrame, has: np.ndarray) -> torch.Tensor:
+        """Float[B] days (module docstring); an instruction stamped after the example (clock skew) counts as new."""
+        age = instruction_age_days(frame)
+        known = has & np.isfinite(age)
+        return torch.from_numpy(np.where(known, np.maximum(age, 0.0), NO_AGE).astype(np.float32))
 
     def _check_range(self, codes: np.ndarray, what: str) -> None:
         if codes.size == 0:

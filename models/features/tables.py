@@ -67,6 +67,7 @@ __all__ = [
     "scenario_instruction_table",
     "reasoning_instruction_table",
     "training_entities",
+    "instruction_age_days",
     "instruction_coverage",
     "source_tables",
 ]
@@ -495,6 +496,16 @@ def training_entities(log: pd.DataFrame, split: str | Sequence[str] | None = Non
     return frame[np.isin(labels, wanted)].reset_index(drop=True)
 
 
+def instruction_age_days(frame: pd.DataFrame) -> np.ndarray:
+    """Float64[N]: days from each row's ``generated_at`` (instruction, Unix s) to its ``target_timestamp`` (the
+    example's time, Unix s); NaN where either is missing (no such column, or no instruction)."""
+    if "generated_at" not in frame or "target_timestamp" not in frame:
+        return np.full(len(frame), np.nan)
+    made = pd.to_numeric(frame["generated_at"], errors="coerce").to_numpy(dtype=np.float64, na_value=np.nan)
+    at = pd.to_numeric(frame["target_timestamp"], errors="coerce").to_numpy(dtype=np.float64, na_value=np.nan)
+    return (at - made) / DAY
+
+
 def instruction_coverage(frame: pd.DataFrame) -> dict[str, float]:
     """Share of training-frame rows that carry a reasoning instruction, overall and per split (rows are
     targets with at least one earlier event of the user), plus the median instruction age in days."""
@@ -505,9 +516,7 @@ def instruction_coverage(frame: pd.DataFrame) -> dict[str, float]:
         part = has[frame["split"].to_numpy() == split]
         out[split] = float(part.mean()) if len(part) else 0.0
     if "generated_at" in frame and "target_timestamp" in frame and has.any():
-        age = (frame["target_timestamp"].to_numpy(np.int64)[has]
-               - frame["generated_at"].to_numpy(dtype=np.float64, na_value=np.nan)[has]) / DAY
-        out["median_age_days"] = float(np.nanmedian(age))
+        out["median_age_days"] = float(np.nanmedian(instruction_age_days(frame)[has]))
     return out
 
 

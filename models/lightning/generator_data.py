@@ -29,6 +29,7 @@ from models.features.example_encoder import (  # re-exported: the DataModule and
     EncoderConfig,
     ExampleEncoder,
 )
+from models.nn.instruction_age import NO_AGE
 from models.semantic_ids.codebook import SemanticIdTable
 
 __all__ = [
@@ -172,7 +173,8 @@ class SequenceWindowDataset(Dataset):
 
     def __init__(self, windows: SequenceWindows, encoded: Mapping[str, torch.Tensor]) -> None:
         self.windows = windows
-        self.encoded = {k: encoded[k] for k in ("scenario", "instruction_emb", "has_instruction", "profile")}
+        self.encoded = {k: encoded[k] for k in ("scenario", "instruction_emb", "has_instruction", "instruction_age",
+                                                "profile") if k in encoded or k != "instruction_age"}
 
     def __len__(self) -> int:
         return len(self.windows)
@@ -202,6 +204,8 @@ class SequenceWindowDataset(Dataset):
             "seq_has_instruction": e["has_instruction"][exc] & has_ex,
             "profile": e["profile"][w.profile_row[torch.as_tensor(indices, dtype=torch.long)]],
         }
+        if "instruction_age" in e:  # history-only slots have no instruction
+            out["seq_instruction_age"] = torch.where(has_ex, e["instruction_age"][exc], NO_AGE)
         return out
 
 

@@ -49,6 +49,11 @@ class GeneratorConfig:
     # the training targets how often users return to what they had (never on MovieLens; often in cart/checkout).
     # EXPERIMENTAL, unmeasured: applied in training and constrained_beam_search only; ONNX export and RL refuse it.
     history_bias: bool = False
+    # the reasoning instruction's age as an input: a learned embedding of its log-spaced age bucket
+    # (models/nn/instruction_age.py; batch key ``instruction_age`` Float[B] days, -1 = none) is added to the
+    # decoder's instruction token INS, so the model can trust a minutes-old instruction more than a weeks-old one.
+    # Off: the input is accepted (the exported interface is the same) and ignored.
+    instruction_age: bool = False
     # backbone
     d_model: int = 128
     n_heads: int = 4

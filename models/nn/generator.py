@@ -7,6 +7,8 @@ Batch dict (B users; L+1 = ``cfg.n_levels`` codes per item; padding entries may 
     profile_mask     Bool[B, P]         optional, default ``profile != 0``
     instruction_emb  Float[B, 384]      reasoning-instruction text embedding            (reasoning instruction Ir)
     has_instruction  Bool[B]            optional (default all True); False -> learnable default instruction
+    instruction_age  Float[B]           optional, read with ``instruction_age``: the instruction's age in days
+                                        (-1 = none/unknown; models/nn/instruction_age.py buckets it)
     short_sids       Long[B, S, L+1]    short-term behaviour (most recent first), S <= max_short
     short_mask       Bool[B, S]         True = real item
     long_sids        Long[B, M, L+1]    long-term behaviour, M <= max_long
@@ -27,7 +29,8 @@ newest long items over all scenarios (the session so far, whatever page it happe
 remaining long items closest to the instruction query (models/nn/igr.py); with use_igr=False the K newest of
 the remaining items are used.
 
-Decoder input: instruction token INS = E_scen(s) + W_r r + b_r, placed per ``instruction_position`` (see
+Decoder input: instruction token INS = E_scen(s) + W_r r + b_r (+ E_age(bucket(age)) with ``instruction_age``;
+bucket 0 where has_instruction is False), placed per ``instruction_position`` (see
 config.INSTRUCTION_POSITIONS), then the codes c_0..c_{L-1} (E[offset_l + c_l]), plus decoder position
 embeddings; causal self-attention, cross-attention to the encoder. Level l is predicted from position
 n_prefix - 1 + l by its own head: logits_l = W_l LN(h) + b_l over [0, V_l).
@@ -54,6 +57,7 @@ import torch.nn.functional as F
 
 from .config import GeneratorConfig
 from .igr import IGRAdapter, igr_select, q2i_loss
+from .instruction_age import N_AGE_BUCKETS, NO_AGE, age_bucket
 from .layers import DecoderBlock, DecoderCache, EncoderBlock, MoEFeedForward, make_ffn
 
 __all__ = ["OxygenGenerator", "SEGMENTS"]
@@ -104,6 +108,7 @@ class OxygenGenerator(nn.Module):
             # an always-valid memory slot: a request without profile and history still has a slot to attend to
             self.null_memory = nn.Parameter(torch.zeros(d)) if causal else None
             self.item_hash = nn.Embedding(cfg.item_buckets, d) if cfg.item_buckets else None
+            self.age_emb = nn.Embedding(N_AGE_BUCKETS, d) if cfg.instruction_age else None
             self.apply(self._init_weights)
             self.repeat_bias = nn.Parameter(torch.zeros(cfg.n_scenarios, L1)) if cfg.history_bias else None
             nn.init.normal_(self.bos, std=0.02)
@@ -198,6 +203,22 @@ class OxygenGenerator(nn.Module):
                 r = torch.where(has.bool()[:, None], r.to(default.dtype), default)
         return self.scenario_emb(scen), self.instr_proj(r.to(default.dtype))
 
+    def instruction_token(self, batch: dict, scen: torch.Tensor, reason: torch.Tensor) -> torch.Tensor:
+        """The decoder's instruction token INS [B, d] = Is + Ir (+ the age embedding with ``instruction_age``)."""
+        ins = scen + reason
+        if self.age_emb is None:
+            return ins
+        b = scen.shape[0]
+        age = batch.get("instruction_age")
+        if age is None:
+            age = torch.full((b,), NO_AGE, device=scen.device)
+        elif tuple(age.shape) != (b,):
+            raise ValueError(f"batch['instruction_age'] must be Float[{b}], got {tuple(age.shape)}")
+        has = batch.get("has_instruction")
+        if batch.get("instruction_emb") is None:  # instruction_parts used the default instruction
+            has = torch.zeros(b, dtype=torch.bool, device=scen.device)
+        return ins + self.age_emb(age_bucket(age, has))
+
     # ------------------------------------------------------------------ encoder
     def _profile_tokens(self, batch: dict, b: int) -> tuple[torch.Tensor, torch.Tensor] | None:
         """(profile tokens Float[B, P, d] incl. field and segment embeddings, mask Bool[B, P]) or None."""
@@ -269,7 +290,7 @@ class OxygenGenerator(nn.Module):
             x, aux = blk(x, key_mask)
             auxes.append(aux)
         x = self.enc_ln(x)
-        instr = (scen + reason)[:, None]  # decoder instruction token INS, stored in the last memory slot
+        instr = self.instruction_token(batch, scen, reason)[:, None]  # decoder token INS, in the last memory slot
         memory = torch.cat([x, instr], dim=1)
         memory_mask = torch.cat([key_mask, torch.zeros(b, 1, dtype=torch.bool, device=dev)], dim=1)
         info.update(scenario_emb=scen, reasoning_emb=reason)
@@ -333,7 +354,7 @@ class OxygenGenerator(nn.Module):
         ctx, ctx_mask = self._context_memory(batch, b, dev)
         long, lmask = self._history(batch, "long_sids", self.cfg.max_long, b)  # newest first, real items first
         states, auxes = self._causal_states(long.flip(1), lmask.flip(1))
-        instr = (scen + reason)[:, None]
+        instr = self.instruction_token(batch, scen, reason)[:, None]
         memory = torch.cat([ctx, states, instr], dim=1)
         memory_mask = torch.cat([ctx_mask, lmask.flip(1), torch.zeros(b, 1, dtype=torch.bool, device=dev)], dim=1)
         return memory, memory_mask, auxes, {"scenario_emb": scen, "reasoning_emb": reason}
@@ -349,6 +370,7 @@ class OxygenGenerator(nn.Module):
             seq_scenario         Long[B, W]        per slot: the scenario of the request that led to that item
             seq_instruction_emb  Float[B, W, D_r]  per slot: its reasoning instruction (has_instruction False ->
             seq_has_instruction  Bool[B, W]          the learnable default)
+            seq_instruction_age  Float[B, W]       optional: per slot, its instruction's age in days (-1 = none)
             profile (+ profile_mask)               Long[B, P]: the user's profile
 
         Row r predicts item r from memory = [profile, causal states of items 0..r-1] and the decoder instruction
@@ -374,14 +396,16 @@ class OxygenGenerator(nn.Module):
             raise ValueError("batch['seq_loss_mask'] marks slots that batch['seq_mask'] says are padding")
         seq = self._check_sids("seq_sids", seq, smask, (b, w))
         dev = seq.device
-        # per-slot instruction token INS = Is + Ir
+        # per-slot instruction token INS = Is + Ir (+ age)
         rows = {"scenario": batch["seq_scenario"].reshape(-1)}
         if "seq_instruction_emb" in batch:
             rows["instruction_emb"] = batch["seq_instruction_emb"].reshape(b * w, -1)
         if "seq_has_instruction" in batch:
             rows["has_instruction"] = batch["seq_has_instruction"].reshape(-1)
+        if "seq_instruction_age" in batch:
+            rows["instruction_age"] = batch["seq_instruction_age"].reshape(-1)
         scen, reason = self.instruction_parts(rows)
-        instr = scen + reason  # [B * W, d]
+        instr = self.instruction_token(rows, scen, reason)  # [B * W, d]
         ctx, ctx_mask = self._context_memory(batch, b, dev)
         states, enc_aux = self._causal_states(seq[:, :-1], smask[:, :-1])  # items 0..W-2 are memory
         memory = torch.cat([ctx, states], dim=1)  # [B, P + W - 1, d]

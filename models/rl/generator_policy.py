@@ -68,8 +68,8 @@ __all__ = [
     "user_context_features",
 ]
 
-GENERATOR_KEYS = ("scenario", "profile", "instruction_emb", "has_instruction", "short_sids", "short_mask",
-                  "long_sids", "long_mask")
+GENERATOR_KEYS = ("scenario", "profile", "instruction_emb", "has_instruction", "instruction_age", "short_sids",
+                  "short_mask", "long_sids", "long_mask")
 
 
 # ----------------------------------------------------------------------------------------------- policy
@@ -292,6 +292,10 @@ class PromptSet:
             emb[which] = self.tensors["instruction_emb"][donor]
             has[which] = True
             out["instruction_emb"], out["has_instruction"] = emb, has
+            if "instruction_age" in out:  # the donor's instruction comes with its age
+                age = out["instruction_age"].clone()
+                age[which] = self.tensors["instruction_age"][donor]
+                out["instruction_age"] = age
         out["synthetic"] = out["synthetic"] | which
         return out
 

@@ -112,7 +112,7 @@ def test_encoder_and_decoder_step_models_match_the_eager_generator(served):
             res = client.infer(name, ins, outputs=[httpclient.InferRequestedOutput(o, binary_data=True) for o in outputs])
             return {o: res.as_numpy(o) for o in outputs}
 
-        feeds = dict(arrays, scenario=arrays["scenario"][:, None], has_instruction=arrays["has_instruction"][:, None])
+        feeds = dict(arrays, **{k: arrays[k][:, None] for k in ("scenario", "has_instruction", "instruction_age")})
         enc = infer("oxygenrec_encoder", feeds, ENCODER_OUTPUTS)
         tokens = torch.tensor([[1, 2], [3, 4], [5, 6]])  # two beams per user at level 0
         step = infer("oxygenrec_decoder_step", {
@@ -157,6 +157,45 @@ def test_broken_version_fails_to_load_and_previous_keeps_serving(served, tmp_pat
         assert list_versions(repo, name) == [1]
         assert server.model_ready(name, 1)
         np.testing.assert_array_equal(rec.recommend(arrays, beam_width=32, top_k=16)[0], before[0])
+
+
+def test_a_version_with_instruction_age_reads_the_optional_input(served, tmp_path):
+    """Same config.pbtxt for every model (instruction_age is an optional input): a version whose generator reads
+    the age answers like the eager model with the age, and requests without it count as "no age"."""
+    import dataclasses
+
+    from models.export import ServingConfig, write_model_repository
+    from models.nn import OxygenGenerator
+
+    from .conftest import small_generator
+
+    server, repo, name = served.server, served.repo, "oxygenrec_generate"
+    base = small_generator(seed=3)
+    model = OxygenGenerator(dataclasses.replace(base.cfg, instruction_age=True))
+    model.load_state_dict(base.state_dict(), strict=False)  # + the age embedding (its own init)
+    with torch.no_grad():
+        model.age_emb.weight.normal_(0, 1.0, generator=torch.Generator().manual_seed(0))
+    model.eval()
+    staged = write_model_repository(tmp_path, 1, model, served.trie, served.item_ids,
+                                    ServingConfig(max_batch_size=8, max_queue_delay_us=5000))[name]
+    version = publish_version(repo, staged, name)
+    try:
+        server.load(name)
+        arrays = _inputs(served, 4, seed=12)
+        arrays["has_instruction"][:] = True
+        with TritonRecommender(server.http_url, version=str(version)) as rec:
+            for ages in (arrays["instruction_age"], None):
+                sent = arrays if ages is not None else {k: v for k, v in arrays.items() if k != "instruction_age"}
+                items, scores = rec.recommend(sent, beam_width=16, top_k=8)
+                ref = dict(arrays, instruction_age=ages if ages is not None else np.full(4, -1.0, np.float32))
+                want = constrained_beam_search(model, {k: torch.from_numpy(v) for k, v in ref.items()}, served.trie,
+                                               16, 8)
+                np.testing.assert_array_equal(items, want[0].numpy())
+                np.testing.assert_allclose(scores, want[1].numpy(), atol=1e-4, rtol=0)
+    finally:
+        remove_version(repo, name, version)
+        server.load(name)
+    assert list_versions(repo, name) == [1] and server.model_ready(name, 1)
 
 
 def test_server_binds_loopback_only_and_stub_uses_the_venv_libpython(served):

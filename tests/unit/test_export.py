@@ -119,7 +119,9 @@ def test_encoder_and_step_parity_every_depth(exported):
                                 dict(instruction_position="none", enc_layers=2),
                                 dict(n_recent=3), dict(n_recent=3, use_igr=False),
                                 dict(history_encoder="causal", item_buckets=64, enc_layers=2),
-                                dict(history_encoder="causal", ffn="moe", n_experts=3, moe_top_k=2)])
+                                dict(history_encoder="causal", ffn="moe", n_experts=3, moe_top_k=2),
+                                dict(instruction_age=True),
+                                dict(history_encoder="causal", item_buckets=64, instruction_age=True)])
 def test_parity_other_architectures(kw, tmp_path):
     model = spread(OxygenGenerator(small_cfg(**kw)))
     check_parity(model, export_onnx(model, tmp_path), batch_sizes=(1, 3), beams=2)

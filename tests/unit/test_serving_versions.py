@@ -102,6 +102,17 @@ def test_inputs_use_the_versions_own_sid_table_for_the_short_history(version):
     assert arrays["short_sids"].shape[1:] == (model.cfg.max_short, 4)
 
 
+def test_inputs_measure_the_instruction_age_to_the_request(version):
+    client = VersionClient.load(version[0])
+    now = 1_700_000_000
+    rows = frame().assign(generated_at=pd.array([now - 2 * 86_400, None, now], dtype="Int64"))
+    assert client.inputs(rows, now=now)["instruction_age"].tolist() == [2.0, -1.0, -1.0]  # rows 1, 2: no instruction
+    # replayed examples keep their own time; rows without one are measured to now
+    rows["target_timestamp"] = [now - 86_400, None, None]
+    assert client.inputs(rows, now=now)["instruction_age"].tolist() == [1.0, -1.0, -1.0]
+    assert (client.inputs(frame())["instruction_age"] == -1).all()  # no generated_at: no age
+
+
 def test_tampered_or_mismatched_versions_are_errors(version, tmp_path):
     vdir, encoder, model = version
     copy = tmp_path / "1"

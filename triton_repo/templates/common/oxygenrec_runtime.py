@@ -32,7 +32,9 @@ import numpy as np
 import torch
 
 ENCODER_INPUTS = ("scenario", "profile", "profile_mask", "instruction_emb", "has_instruction",
-                  "short_sids", "short_mask", "long_sids", "long_mask")
+                  "short_sids", "short_mask", "long_sids", "long_mask", "instruction_age")
+# optional in config.pbtxt (clients of models that ignore it need not send it): absent -> this value per row
+OPTIONAL_INPUTS = {"instruction_age": -1.0}  # = models/nn/instruction_age.py NO_AGE (no project imports here)
 ENCODER_OUTPUTS = ("memory", "memory_mask", "cross_k", "cross_v", "past_k", "past_v", "logits")
 STEP_INPUTS = ("token", "past_k", "past_v", "cross_k", "cross_v", "memory_mask")
 STEP_OUTPUTS = ("logits", "present_k", "present_v")
@@ -99,7 +101,7 @@ def make_session(path: str | os.PathLike, threads: int = 1):
 
 # ------------------------------------------------------------------------------------------ inputs
 def check_encoder_inputs(arrays: dict[str, np.ndarray], c: dict) -> int:
-    """Validate the nine encoder arrays against the interface constants ``c``; returns B. Raises ValueError."""
+    """Validate the ten encoder arrays against the interface constants ``c``; returns B. Raises ValueError."""
     missing = [k for k in ENCODER_INPUTS if k not in arrays]
     if missing:
         raise ValueError(f"missing inputs {missing}")
@@ -110,7 +112,7 @@ def check_encoder_inputs(arrays: dict[str, np.ndarray], c: dict) -> int:
     b = a["scenario"].shape[0]
     shapes = {"profile": (b, None), "profile_mask": (b, None), "instruction_emb": (b, c["instruction_dim"]),
               "has_instruction": (b,), "short_sids": (b, None, L1), "short_mask": (b, None),
-              "long_sids": (b, None, L1), "long_mask": (b, None)}
+              "long_sids": (b, None, L1), "long_mask": (b, None), "instruction_age": (b,)}
     for k, want in shapes.items():
         got = a[k].shape
         if len(got) != len(want) or any(w is not None and w != g for w, g in zip(want, got)):
@@ -208,12 +210,15 @@ def parameter(model_config: dict, key: str, default: str) -> str:
     return model_config.get("parameters", {}).get(key, {}).get("string_value", default) or default
 
 
-def read_request(pb_utils, request, names) -> dict[str, np.ndarray]:
-    """Input tensors as numpy arrays through DLPack (never ``as_numpy``: broken under numpy 2, ENVIRONMENT.md)."""
+def read_request(pb_utils, request, names, optional=()) -> dict[str, np.ndarray]:
+    """Input tensors as numpy arrays through DLPack (never ``as_numpy``: broken under numpy 2, ENVIRONMENT.md).
+    Names in ``optional`` that the request does not carry are left out."""
     out = {}
     for name in names:
         t = pb_utils.get_input_tensor_by_name(request, name)
         if t is None:
+            if name in optional:
+                continue
             raise ValueError(f"missing input {name!r}")
         out[name] = torch.from_dlpack(t).numpy()
     return out
@@ -289,8 +294,10 @@ class VersionModel:
         return execute_batched(self.pb_utils, requests, self.read, self.run, self.batch_input)
 
     def read_encoder_inputs(self, request, extra=()) -> dict[str, np.ndarray]:
-        a = read_request(self.pb_utils, request, ENCODER_INPUTS + tuple(extra))
+        a = read_request(self.pb_utils, request, ENCODER_INPUTS + tuple(extra), OPTIONAL_INPUTS)
         a["scenario"], a["has_instruction"] = a["scenario"].reshape(-1), a["has_instruction"].reshape(-1)
+        for name, value in OPTIONAL_INPUTS.items():  # per-user scalars travel as [B, 1]
+            a[name] = a[name].reshape(-1) if name in a else np.full(a["scenario"].shape[0], value, np.float32)
         return a
 
 
