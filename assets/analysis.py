@@ -1,5 +1,5 @@
-"""The on-demand analysis assets (group "analysis", never in the scheduled jobs): the paper's SFT ablations and the
-RL algorithm comparison, with the pipeline's configs, seeds and budgets."""
+"""The on-demand analysis assets (group "analysis", never in the scheduled jobs): the semantic-ID variants, the
+paper's SFT ablations and the RL algorithm comparison, with the pipeline's configs, seeds and budgets."""
 
 import dataclasses
 import json
@@ -10,15 +10,30 @@ from dagster import AssetExecutionContext, MetadataValue, asset
 from models.lightning.ablations import run_ablations, summary_table
 from models.rl.experiment import compare_algorithms, comparison_summary
 from models.semantic_ids import SemanticIdTable
+from models.semantic_ids.metrics import compare_variants
 from orchestration.params import ParamsResource
 from orchestration.partitions import SCENARIOS
 from orchestration.resources import ArtifactStoreResource
 
 from ._metadata import code_version, errorbar_panels, markdown_table, md
 from .rl import rl_experiment, rl_run, step_logger
+from .semantic_ids import purity_labels, rq_config
 from .training import configs, run_key
 
 CODE_VERSION = code_version(__file__)  # changes with this module and the models packages it imports
+SID_COLUMNS = ["embeddings", "assignment", "l1_coverage", "l2_coverage", "l3_coverage", "l1_purity", "l2_purity",
+               "collision_max", "collision_p99", "collision_p999", "collision_share", "l1_entropy", "l1_gini"]
+
+
+@asset(group_name="analysis", kinds={"torch"}, code_version=CODE_VERSION)
+def semantic_id_comparison(
+    context: AssetExecutionContext, catalog_embeddings: dict, raw_items: pd.DataFrame, params: ParamsResource
+) -> pd.DataFrame:
+    """Text-only vs fused embeddings (the paper's V1 vs V4) x plain vs balanced assignment, same seed (four fits)."""
+    frame = compare_variants({"text": catalog_embeddings["text"], "fused": catalog_embeddings["fused"]},
+                             purity_labels(raw_items), rq_config(params), log=context.log.info)
+    context.add_output_metadata({"comparison": md(frame[[c for c in SID_COLUMNS if c in frame.columns]])})
+    return frame
 
 
 @asset(group_name="analysis", kinds={"pytorch", "lightning"}, code_version=CODE_VERSION)

@@ -18,7 +18,7 @@ from dagster import (
 )
 
 from models.configs import from_section
-from models.semantic_ids import RQKMeansConfig, SemanticIdCodebook, SemanticIdTable, fit_encode, semantic_id_quality
+from models.semantic_ids import RQKMeansConfig, SemanticIdCodebook, SemanticIdTable, semantic_id_quality
 from models.semantic_ids.lifecycle import assign_stable, fit_or_reuse
 from models.semantic_ids.trie import SIDTrie
 from orchestration.params import ParamsResource
@@ -167,30 +167,3 @@ def sid_trie(context: AssetExecutionContext, item_semantic_ids: pd.DataFrame) ->
         }
     )
     return {**arrays, "item_ids": table.item_ids.astype(str)}
-
-
-@asset(group_name="analysis", kinds={"torch"}, code_version=CODE_VERSION)
-def semantic_id_comparison(
-    context: AssetExecutionContext, catalog_embeddings: dict, raw_items: pd.DataFrame, params: ParamsResource
-) -> pd.DataFrame:
-    """Text-only vs fused embeddings (the paper's V1 vs V4) x plain vs balanced assignment, same seed.
-
-    Off the daily schedule: four full fits.
-    """
-    base = rq_config(params)
-    labels = purity_labels(raw_items)
-    rows = []
-    for source in ("text", "fused"):
-        for assignment in ("plain", "balanced"):
-            config = dataclasses.replace(base, assignment=assignment)
-            codebook, codes = fit_encode(catalog_embeddings[source], config)
-            metrics, _ = semantic_id_quality(
-                codes, labels, codebook.codebook_sizes, embeddings=catalog_embeddings[source], codebook=codebook
-            )
-            rows.append({"embeddings": source, "assignment": assignment, **metrics})
-            context.log.info(f"{source}/{assignment}: l1_purity={metrics['l1_purity']:.3f}")
-    frame = pd.DataFrame(rows)
-    shown = ["embeddings", "assignment", "l1_coverage", "l2_coverage", "l3_coverage", "l1_purity", "l2_purity",
-             "collision_max", "collision_p99", "collision_p999", "collision_share", "l1_entropy", "l1_gini"]
-    context.add_output_metadata({"comparison": md(frame[[c for c in shown if c in frame.columns]])})
-    return frame

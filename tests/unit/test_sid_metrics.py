@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 
 from models.semantic_ids import RQKMeansConfig, fit_encode, gini, normalized_entropy, semantic_id_quality
+from models.semantic_ids.metrics import compare_variants
 
 # 6 items, 2 levels, K = 4. Full tuples: (0,0) x3, (0,1), (1,2), (3,2).
 CODES = np.array([[0, 0], [0, 0], [0, 0], [0, 1], [1, 2], [3, 2]])
@@ -84,3 +85,19 @@ def test_bad_input():
         semantic_id_quality(CODES, CATS[:3], 4)
     with pytest.raises(ValueError, match="integer"):
         semantic_id_quality(CODES.astype(float), None, 4)
+
+
+def test_compare_variants_fits_every_source_and_assignment():
+    rng = np.random.default_rng(0)
+    centers = rng.standard_normal((4, 8))
+    labels = np.repeat(np.arange(4), 50)
+    clustered = (centers[labels] + 0.05 * rng.standard_normal((200, 8))).astype(np.float32)
+    noise = rng.standard_normal((200, 8)).astype(np.float32)
+    lines = []
+    frame = compare_variants({"clustered": clustered, "noise": noise}, labels,
+                             RQKMeansConfig(levels=2, codebook_size=4, max_iter=20, seed=0), log=lines.append)
+    assert list(zip(frame["embeddings"], frame["assignment"])) == [
+        ("clustered", "plain"), ("clustered", "balanced"), ("noise", "plain"), ("noise", "balanced")]
+    assert len(lines) == 4
+    by = frame.set_index(["embeddings", "assignment"])["l1_purity"]
+    assert by["clustered", "plain"] > by["noise", "plain"]  # the level-1 codes follow the clusters
