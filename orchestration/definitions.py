@@ -8,6 +8,7 @@ import assets.analysis
 import assets.checks
 import assets.embeddings
 import assets.features
+import assets.instructions
 import assets.raw
 import assets.rl
 import assets.semantic_ids
@@ -32,8 +33,8 @@ from .sensors import high_value_action_sensor, instruction_updates_job, new_raw_
 from .resources import default_resources
 from .settings import current_settings
 
-ASSET_MODULES = [assets.raw, assets.embeddings, assets.semantic_ids, assets.features, assets.training, assets.serving,
-                 assets.rl, assets.analysis]
+ASSET_MODULES = [assets.raw, assets.embeddings, assets.semantic_ids, assets.instructions, assets.features,
+                 assets.training, assets.serving, assets.rl, assets.analysis]
 CHECK_MODULES = [assets.checks, assets.semantic_ids, assets.training, assets.serving, assets.rl]
 
 

@@ -108,3 +108,14 @@ def refresh_after_activity(
     return refresh_instructions(interactions, items, users, requests["as_of"].to_numpy(), reasoner, encoder,
                                 cache=cache, user_ids=requests["user_id"].tolist(), window_days=window_days,
                                 embedding=embedding)
+
+
+def action_to_online_seconds(events: pd.DataFrame, user_ids, actions, readable_at: float) -> np.ndarray:
+    """Per updated user (``user_ids``), the seconds from their latest landed high-value action (``actions``) in
+    ``events`` to ``readable_at``, when the refreshed instruction became readable online; users without such an
+    action are skipped."""
+    if not len(events):
+        return np.array([])
+    latest = events[events["action"].isin(list(actions))].groupby("user_id")["timestamp"].max()
+    return (readable_at - latest.reindex(pd.Index(user_ids)).dropna()).to_numpy(dtype=float)
+
