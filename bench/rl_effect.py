@@ -37,6 +37,7 @@ import torch  # noqa: E402
 
 from bench.common import peak_rss_mb, write_results  # noqa: E402
 from models.rl.experiment import measure, seed_summary  # noqa: E402
+from orchestration.io_managers import read_value  # noqa: E402
 
 SPLITS, METRICS = ("valid", "test"), ("ndcg@10", "hr@10")
 
@@ -47,7 +48,7 @@ def load_data_dir(data: Path) -> dict:
         path = data / asset / f"_.{ext}"
         if not path.is_file():
             raise ValueError(f"{data} has no {asset} ({path}); materialize it first (make demo / make evaluate)")
-        return json.loads(path.read_text()) if ext == "json" else pd.read_parquet(path)
+        return read_value(path.with_suffix(""), data.resolve()) if ext == "json" else pd.read_parquet(path)
 
     return {"sft_model": one("sft_model", "json"), "reward_model": one("reward_model", "json"),
             "training_examples": one("training_examples", "parquet"),

@@ -194,7 +194,8 @@ class ArtifactStoreResource(ConfigurableResource):
         from .io_managers import read_value
 
         try:
-            return read_value(resolve_path(self.root) / asset_name / (partition or "_"))
+            root = resolve_path(self.root)
+            return read_value(root / asset_name / (partition or "_"), root)
         except FileNotFoundError:
             return None
 

@@ -1,6 +1,5 @@
 """Fast-slow thinking through Dagster: ingest, daily instructions, Feast registry, online store, training set."""
 
-import json
 import shutil
 from pathlib import Path
 
@@ -12,6 +11,7 @@ from dagster import AssetKey, DagsterInstance
 
 from models.eval.cases import summary_table
 from orchestration.definitions import build_definitions
+from orchestration.io_managers import read_value
 from orchestration.jobs import PARTITION_RANGE_END, PARTITION_RANGE_START, all_scenarios_tags
 from orchestration.partitions import instruction_day_partitions
 
@@ -187,9 +187,9 @@ def test_sft_is_evaluated_against_popularity_and_sasrec_on_the_same_examples(tra
         for _, part in cases[cases["split"] == split].groupby("model"):
             assert part["example"].tolist() == list(range(n))
     assert ((0.0 <= overall["hr@10"]) & (overall["hr@10"] <= 1.0)).all()
-    manifest = json.loads((root / "sft_model" / "_.json").read_text())
+    manifest = read_value(root / "sft_model" / "_", root)
     torch.load(manifest["checkpoint"], weights_only=True)  # checkpoints load without pickle code execution
-    variants = json.loads((root / "sasrec_baseline" / "_.json").read_text())["variants"]
+    variants = read_value(root / "sasrec_baseline" / "_", root)["variants"]
     assert set(variants) == {"sasrec", "sasrec_scenario"}  # the small world has six scenarios
     for sasrec in variants.values():
         assert sasrec["metrics"]["epochs"] >= 1 and Path(sasrec["weights"]).is_file()

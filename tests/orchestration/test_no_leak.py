@@ -7,7 +7,6 @@ training split of the examples and the reward model. The held-out events themsel
 tables (a test example's history legitimately holds the validation item): the comparison is of what is *fitted*.
 """
 
-import json
 from pathlib import Path
 
 import numpy as np
@@ -21,6 +20,7 @@ from dagster import AssetKey, DagsterInstance
 from models.eval.split import leave_last_out
 from models.rl.reward_model import load_reward_model
 from orchestration.definitions import build_definitions
+from orchestration.io_managers import read_value
 from orchestration.jobs import PARTITION_RANGE_END, PARTITION_RANGE_START, all_scenarios_tags
 from orchestration.partitions import instruction_day_partitions
 
@@ -107,7 +107,7 @@ def test_training_split_and_reward_model_are_identical(two_runs):
                       for t in tables)
     assert (held_a != held_b).all()  # the targets did change
 
-    models = [load_reward_model(json.loads((r / "reward_model" / "_.json").read_text())["checkpoint"])
+    models = [load_reward_model(read_value(r / "reward_model" / "_", r)["checkpoint"])
               for r in two_runs]
     state_a, state_b = (m.state_dict() for m in models)
     assert state_a.keys() == state_b.keys()

@@ -1,14 +1,13 @@
 """RL post-training through real Dagster runs on the small world: reward_model -> rl_policy -> serving_candidate
 (the paired gate's choice between the RL policy and its SFT model)."""
 
-import json
-
 import pandas as pd
 import pytest
 import torch
 from dagster import AssetKey, DagsterInstance
 
 from orchestration.definitions import build_definitions
+from orchestration.io_managers import read_value
 from orchestration.jobs import PARTITION_RANGE_END, PARTITION_RANGE_START, all_scenarios_tags
 from orchestration.partitions import instruction_day_partitions
 
@@ -72,7 +71,7 @@ def test_rl_policy_raises_reward_over_sft_and_is_served(accepted):
     assert reward["auc_click"] > 0.55  # better than the constant predictor (AUC 0.5) on held-out rows
     assert "auc_constant" in reward["heads"] and "logloss_constant" in reward["heads"]
 
-    manifest = json.loads((root / "rl_policy" / "_.json").read_text())
+    manifest = read_value(root / "rl_policy" / "_", root)
     assert manifest["algorithm"] == "sagcpo" and manifest["steps"] == TINY_RL["steps"]
     assert manifest["stopped_reason"] == "steps_done" and not manifest["kl_blowup"]
     assert manifest["reward_rl"] > manifest["reward_sft"]  # RL improves the mean reward on validation prompts
@@ -92,12 +91,12 @@ def test_rl_policy_raises_reward_over_sft_and_is_served(accepted):
     assert all({"reward_mean", "kl_after", "entropy"} <= set(h) for h in manifest["history"])
 
     policy = torch.load(manifest["checkpoint"], weights_only=True)["state_dict"]
-    sft_ckpt = torch.load(json.loads((root / "sft_model" / "_.json").read_text())["checkpoint"], weights_only=True)
+    sft_ckpt = torch.load(read_value(root / "sft_model" / "_", root)["checkpoint"], weights_only=True)
     sft_state = {k[len("model."):]: v for k, v in sft_ckpt["state_dict"].items() if k.startswith("model.")}
     assert set(policy) == set(sft_state)
     assert any(not torch.equal(policy[k], sft_state[k]) for k in policy)  # the policy moved away from SFT
 
-    served = json.loads((root / "serving_candidate" / "_.json").read_text())
+    served = read_value(root / "serving_candidate" / "_", root)
     assert served["served"] == "rl" and served["checkpoint"] == manifest["checkpoint"]
     assert all(c["low"] >= -1.0 for c in served["valid_intervals"])
 
@@ -109,8 +108,8 @@ def test_a_policy_worse_than_sft_is_not_served_and_the_run_does_not_fail(accepte
     assert result.success  # a fallback to SFT is a warning, not a failed run
     [check] = gate(result)
     assert not check.passed and check.severity.value == "WARN"
-    served = json.loads((root / "serving_candidate" / "_.json").read_text())
-    sft = json.loads((root / "sft_model" / "_.json").read_text())
+    served = read_value(root / "serving_candidate" / "_", root)
+    sft = read_value(root / "sft_model" / "_", root)
     assert served["served"] == "sft" and served["checkpoint"] == sft["checkpoint"]
     assert served["encoder"] == sft["encoder"] and "serving the SFT model" in served["reason"]
     assert any(c["low"] < 0 for c in served["valid_intervals"])
@@ -134,7 +133,7 @@ def test_an_exploding_update_fails_clearly_and_keeps_the_last_good_policy(accept
     assert (root / "rl_policy" / "_.json").read_text() == before  # the previous materialization is untouched
     saved = message.split("saved at ")[1].split(";")[0]
     restored = torch.load(saved, weights_only=True)["state_dict"]
-    sft_ckpt = torch.load(json.loads((root / "sft_model" / "_.json").read_text())["checkpoint"], weights_only=True)
+    sft_ckpt = torch.load(read_value(root / "sft_model" / "_", root)["checkpoint"], weights_only=True)
     sft_state = {k[len("model."):]: v for k, v in sft_ckpt["state_dict"].items() if k.startswith("model.")}
     assert all(torch.equal(restored[k], sft_state[k]) for k in sft_state)  # restored to the state before the step
     assert not gate(result)  # nothing to check: no new policy
@@ -158,7 +157,7 @@ def test_rl_comparison_runs_every_algorithm_and_share_on_the_same_budget(accepte
     grpo = runs[(runs["algorithm"] == "grpo") & (runs["synthetic_share"] == 0.0)]
     assert grpo["final_kl"].nunique() == 2
     sft = table[table["algorithm"] == "sft"].iloc[0]
-    assert sft["reward"] == pytest.approx(json.loads((root / "rl_policy" / "_.json").read_text())["reward_sft"])
+    assert sft["reward"] == pytest.approx(read_value(root / "rl_policy" / "_", root)["reward_sft"])
     assert (runs["reward_gain"] == runs["reward"] - sft["reward"]).all()
     assert runs["clip_frac"].between(0.0, 1.0).all()  # how far each run's ratios left 1
     assert (root / "rl_comparison" / "comparison.png").stat().st_size > 1000
