@@ -2,11 +2,11 @@
 paper's SFT ablations and the RL algorithm comparison, with the pipeline's configs, seeds and budgets."""
 
 import dataclasses
-import json
 
 import pandas as pd
 from dagster import AssetExecutionContext, MetadataValue, asset
 
+from models.artifacts import atomic_write_json, atomic_write_text
 from models.lightning.ablations import run_ablations, summary_table
 from models.rl.experiment import compare_algorithms, comparison_summary
 from models.semantic_ids import SemanticIdTable
@@ -60,8 +60,8 @@ def sft_ablations(
     summary = summary_table(results)
     report = "\n\n".join(f"### {study}\n\n" + markdown_table(summary[summary["study"] == study])
                            for study in summary["study"].unique())
-    (out_dir / "ablations.md").write_text(report + "\n")
-    (out_dir / "ablations.json").write_text(json.dumps(summary.to_dict(orient="records"), indent=1))
+    atomic_write_text(out_dir / "ablations.md", report + "\n")
+    atomic_write_json(out_dir / "ablations.json", summary.to_dict(orient="records"), indent=1)
     context.add_output_metadata({"summary": MetadataValue.md(report), "report": str(out_dir / "ablations.md"),
                                  "variants": int(len(summary))})
     return results
